@@ -1,0 +1,14 @@
+"""tinyllm: a from-scratch engine for learning how language models work, down to the last
+derivative, and for measuring how fast that math runs.
+
+    import tinyllm as tl
+    x = tl.Tensor([[1.0, 2.0]], requires_grad=True)
+    y = tl.functional.softmax(x); (y * y).sum().backward(); x.grad
+"""
+from .autograd import *  # noqa: F401,F403
+from .autograd import __all__ as _autograd_all
+from .autograd import functional
+from .errors import AnomalyError, GradcheckError, ShapeError
+
+__version__ = "0.1.0"
+__all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional"]

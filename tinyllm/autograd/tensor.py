@@ -1,0 +1,375 @@
+"""Tensor, Function and the reverse-mode engine.
+
+A Tensor wraps a NumPy array (``.data``) and, once ``backward()`` has run, the gradient of the
+output with respect to it (``.grad``, an ndarray of the same shape and dtype). Every operation
+is a ``Function``: ``forward`` maps arrays to an array, ``backward`` maps the upstream
+gradient ``dout`` to one gradient per input. ``Function.apply`` runs the forward and records
+the graph; ``Tensor.backward`` walks it from the output back to the leaves.
+
+dtypes: float32 and float64 are kept as they are. Python lists and Python numbers become
+float32. Integer and boolean arrays are allowed as data (indices, masks) but cannot require
+grad. Python and NumPy *scalars* are weak: ``x * 2.0`` and ``x * np.float64(2)`` stay in x's
+dtype. Two arrays or Tensors follow NumPy promotion: float32 with float64 gives float64, and the
+float32 input still receives a float32 gradient.
+
+Left out on purpose: in-place ops, views that share a gradient, higher-order gradients (the
+backward pass is not itself recorded) and devices.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+
+import numpy as np
+
+from ..errors import AnomalyError, ShapeError
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+_state = {"grad": True, "anomaly": False}
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Context manager (and decorator): ops inside it record no graph."""
+    prev = _state["grad"]
+    _state["grad"] = False
+    try:
+        yield
+    finally:
+        _state["grad"] = prev
+
+
+def is_grad_enabled() -> bool:
+    return _state["grad"]
+
+
+@contextlib.contextmanager
+def detect_anomaly():
+    """Context manager: the first op whose forward or backward makes NaN or Inf raises
+    ``AnomalyError`` naming the op, where it was called and where its inputs were created.
+    Tensors remember their creation site only while this is on (it costs a stack walk)."""
+    prev = _state["anomaly"]
+    _state["anomaly"] = True
+    try:
+        yield
+    finally:
+        _state["anomaly"] = prev
+
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _user_site() -> str:
+    """file:line of the innermost stack frame outside the tinyllm package."""
+    for frame in reversed(traceback.extract_stack()):
+        if not os.path.abspath(frame.filename).startswith(_PKG_DIR):
+            return f"{frame.filename}:{frame.lineno}"
+    return "<unknown>"
+
+
+def _to_array(data) -> np.ndarray:
+    """Validate and convert constructor input. Lists and Python numbers become float32."""
+    if isinstance(data, Tensor):
+        return data.data
+    if isinstance(data, np.ndarray):
+        arr = data
+    elif isinstance(data, (list, tuple, bool, int, float)):
+        try:
+            arr = np.array(data, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"Tensor: cannot turn {type(data).__name__} into float32 "
+                            f"numbers ({e})") from None
+    elif isinstance(data, np.generic):
+        arr = np.asarray(data)
+    else:
+        raise TypeError(f"Tensor: data must be an ndarray, a list or a number, "
+                        f"got {type(data).__name__}")
+    kind = arr.dtype.kind
+    if kind == "f" and arr.dtype not in _FLOATS:
+        raise TypeError(f"Tensor: float dtype {arr.dtype} is not supported; "
+                        f"use float32 or float64")
+    if kind not in "fiub":
+        raise TypeError(f"Tensor: data must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+class Tensor:
+    """An ndarray with a gradient. See the module docstring for the dtype rules."""
+
+    __array_priority__ = 1000  # so ndarray (op) Tensor defers to Tensor's reflected op
+
+    def __init__(self, data, requires_grad: bool = False):
+        self.data = _to_array(data)
+        if requires_grad and self.data.dtype not in _FLOATS:
+            raise TypeError(f"Tensor: only float32/float64 tensors can require grad, "
+                            f"got {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None       # ndarray, filled by backward()
+        self._ctx = None       # the Context of the op that made this tensor, if recorded
+        self._retain = False   # keep .grad on a non-leaf (retain_grad)
+        self._origin = _user_site() if _state["anomaly"] else None
+
+    @classmethod
+    def _wrap(cls, arr: np.ndarray, requires_grad: bool) -> "Tensor":
+        """Fast constructor for op outputs: arr is already a valid ndarray."""
+        t = cls.__new__(cls)
+        t.data = arr
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._ctx = None
+        t._retain = False
+        t._origin = _user_site() if _state["anomaly"] else None
+        return t
+
+    # --- plain properties -------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self._ctx is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self):
+        return self.data.item()
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph (no copy)."""
+        return Tensor._wrap(self.data, False)
+
+    def retain_grad(self) -> "Tensor":
+        """Keep ``.grad`` on this non-leaf tensor after backward (for teaching and debugging)."""
+        self._retain = True
+        return self
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # --- backward ---------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``grad`` is the upstream gradient; it may be omitted only for a one-element tensor.
+        The graph's saved buffers are freed afterwards unless ``retain_graph=True``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad (no input had "
+                               "requires_grad=True, or it was computed under no_grad())")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward: output has shape {self.shape}; pass a gradient "
+                                   f"of that shape, or reduce the output to a scalar first")
+            grad = np.ones_like(self.data)
+        else:
+            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ShapeError(f"backward: gradient shape {grad.shape} does not match "
+                                 f"tensor shape {self.shape}")
+        grads = {id(self): grad}
+        for t in self._reverse_topo():
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if t._ctx is None or t._retain:
+                t._accumulate(g)
+            if t._ctx is not None:
+                _backward_node(t._ctx, g, grads)
+                if not retain_graph:
+                    t._ctx.free()
+
+    def _accumulate(self, g: np.ndarray) -> None:
+        if self.grad is None:
+            self.grad = np.array(g, dtype=self.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def _reverse_topo(self) -> list:
+        """Nodes from this output back to the leaves, each after all of its consumers.
+
+        Iterative depth-first search, so a 10,000-deep chain cannot hit the recursion limit.
+        """
+        order, seen = [], set()
+        stack = [(self, False)]
+        while stack:
+            t, expanded = stack.pop()
+            if expanded:
+                order.append(t)
+                continue
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            stack.append((t, True))
+            if t._ctx is not None and not t._ctx.freed:
+                for p in t._ctx.parents:
+                    if p is not None and id(p) not in seen:
+                        stack.append((p, False))
+        order.reverse()
+        return order
+
+    # --- operator sugar (one-liners over the primitives in ops.py) --------------------
+    def __add__(self, other): return _ops.add(self, other)
+    def __radd__(self, other): return _ops.add(other, self)
+    def __sub__(self, other): return _ops.sub(self, other)
+    def __rsub__(self, other): return _ops.sub(other, self)
+    def __mul__(self, other): return _ops.mul(self, other)
+    def __rmul__(self, other): return _ops.mul(other, self)
+    def __truediv__(self, other): return _ops.div(self, other)
+    def __rtruediv__(self, other): return _ops.div(other, self)
+    def __pow__(self, p): return _ops.pow(self, p)
+    def __rpow__(self, base): return _ops.rpow(base, self)
+    def __neg__(self): return _ops.neg(self)
+    def __matmul__(self, other): return _ops.matmul(self, other)
+    def __rmatmul__(self, other): return _ops.matmul(other, self)
+    def __getitem__(self, idx): return _ops.getitem(self, idx)
+
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+    def sqrt(self): return _ops.sqrt(self)
+    def tanh(self): return _ops.tanh(self)
+    def sigmoid(self): return _ops.sigmoid(self)
+    def relu(self): return _ops.relu(self)
+    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _ops.max(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False, ddof=0): return _ops.var(self, axis, keepdims, ddof)
+    def reshape(self, *shape): return _ops.reshape(self, *shape)
+    def transpose(self, *axes): return _ops.transpose(self, *axes)
+    def permute(self, *axes): return _ops.transpose(self, *axes)
+    def swapaxes(self, a1, a2): return _ops.swapaxes(self, a1, a2)
+    T = property(lambda self: _ops.transpose(self))
+
+    # Comparisons give plain boolean arrays (masks), not Tensors: they have no gradient.
+    def __lt__(self, other): return self.data < _data(other)
+    def __le__(self, other): return self.data <= _data(other)
+    def __gt__(self, other): return self.data > _data(other)
+    def __ge__(self, other): return self.data >= _data(other)
+    __hash__ = object.__hash__
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+class Context:
+    """What a Function's forward leaves for its backward.
+
+    ``save_for_backward(*arrays)`` stores arrays in ``saved``; any other attribute may be set
+    freely (``ctx.axis = axis``). ``needs_input_grad[i]`` says whether input i wants a gradient.
+    """
+
+    def __init__(self, op, parents, needs_input_grad):
+        self.op = op
+        self.parents = parents
+        self.needs_input_grad = needs_input_grad
+        self.saved = ()
+        self.freed = False
+        self.site = _user_site() if _state["anomaly"] else None
+
+    def save_for_backward(self, *arrays) -> None:
+        self.saved = arrays
+
+    def free(self) -> None:
+        """Drop the saved buffers and the links to the inputs."""
+        op = self.op
+        self.__dict__.clear()
+        self.op = op
+        self.freed = True
+
+
+class Function:
+    """Base class of every op, built-in or custom.
+
+    Subclass it with two static methods::
+
+        class Cube(tl.Function):
+            @staticmethod
+            def forward(ctx, x):            # plain ndarrays in, one ndarray out
+                ctx.save_for_backward(x)
+                return x * x * x
+            @staticmethod
+            def backward(ctx, dout):        # one gradient per positional input (None = none)
+                (x,) = ctx.saved
+                return 3 * x * x * dout
+
+        y = Cube.apply(t)
+
+    Positional arguments that are Tensors take part in the graph; anything else (integer
+    arrays, masks, numbers) is passed to forward as it is and gets ``None`` as its gradient.
+    Keyword arguments are passed to forward as options.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, *arrays, **options) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, dout: np.ndarray):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **options) -> Tensor:
+        arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        track = _state["grad"] and any(needs)
+        parents = tuple(a if n else None for a, n in zip(args, needs))
+        ctx = Context(cls, parents, needs)
+        out = cls.forward(ctx, *arrays, **options)
+        if not isinstance(out, np.ndarray):
+            out = np.asarray(out)
+        if _state["anomaly"]:
+            _check_finite(out, f"{cls.__name__} forward produced {{bad}} in its output", ctx,
+                          args)
+        result = Tensor._wrap(out, track)
+        if track:
+            result._ctx = ctx
+        return result
+
+
+def _backward_node(ctx: Context, dout: np.ndarray, grads: dict) -> None:
+    """Run one op's backward and add each input's gradient into ``grads``."""
+    if ctx.freed:
+        raise RuntimeError(f"backward: the graph through {ctx.op.__name__} was already freed "
+                           f"by an earlier backward(); pass retain_graph=True to the first call")
+    in_grads = ctx.op.backward(ctx, dout)
+    if not isinstance(in_grads, (tuple, list)):
+        in_grads = (in_grads,)
+    if len(in_grads) != len(ctx.parents):
+        raise RuntimeError(f"{ctx.op.__name__}.backward returned {len(in_grads)} gradients "
+                           f"for {len(ctx.parents)} inputs")
+    for i, (p, g) in enumerate(zip(ctx.parents, in_grads)):
+        if p is None or g is None:
+            continue
+        g = np.asarray(g)
+        if g.shape != p.shape:
+            raise ShapeError(f"{ctx.op.__name__}.backward: gradient for input {i} has shape "
+                             f"{g.shape}, but the input has shape {p.shape}")
+        if g.dtype != p.dtype:
+            g = g.astype(p.dtype)
+        if _state["anomaly"]:
+            _check_finite(g, f"{ctx.op.__name__} backward produced {{bad}} in the gradient of "
+                             f"input {i}", ctx, ctx.parents)
+        key = id(p)
+        grads[key] = grads[key] + g if key in grads else g
+
+
+def _check_finite(arr: np.ndarray, what: str, ctx: Context, inputs) -> None:
+    if arr.dtype.kind != "f" or np.isfinite(arr).all():
+        return
+    bad = "NaN" if np.isnan(arr).any() else "Inf"
+    sites = [f"input {i} created at {t._origin or '<unknown>'}"
+             for i, t in enumerate(inputs) if isinstance(t, Tensor)]
+    raise AnomalyError(f"{what.format(bad=bad)}; the op was called at {ctx.site}; "
+                       + "; ".join(sites))
+
+
+from . import ops as _ops  # noqa: E402  (ops needs Tensor and Function defined first)
