@@ -30,15 +30,25 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _state = {"grad": True, "anomaly": False}
 
 
-@contextlib.contextmanager
-def no_grad():
-    """Context manager (and decorator): ops inside it record no graph."""
-    prev = _state["grad"]
-    _state["grad"] = False
-    try:
-        yield
-    finally:
-        _state["grad"] = prev
+class no_grad(contextlib.ContextDecorator):
+    """Ops inside ``with tl.no_grad():`` record no graph. Also a decorator, with or without
+    parentheses: ``@tl.no_grad`` and ``@tl.no_grad()``."""
+
+    def __new__(cls, fn=None):
+        self = super().__new__(cls)
+        return self(fn) if fn is not None else self
+
+    def _recreate_cm(self):      # a fresh one per call, so recursion restores correctly
+        return no_grad()
+
+    def __enter__(self):
+        self.prev = _state["grad"]
+        _state["grad"] = False
+        return self
+
+    def __exit__(self, *exc):
+        _state["grad"] = self.prev
+        return False
 
 
 def is_grad_enabled() -> bool:
@@ -75,14 +85,16 @@ def _to_array(data) -> np.ndarray:
         return data.data
     if isinstance(data, np.ndarray):
         arr = data
+    elif isinstance(data, np.generic):
+        # before the Python-number branch: np.float64 is a subclass of float, and a NumPy
+        # scalar keeps its own dtype
+        arr = np.asarray(data)
     elif isinstance(data, (list, tuple, bool, int, float)):
         try:
             arr = np.array(data, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise TypeError(f"Tensor: cannot turn {type(data).__name__} into float32 "
                             f"numbers ({e})") from None
-    elif isinstance(data, np.generic):
-        arr = np.asarray(data)
     else:
         raise TypeError(f"Tensor: data must be an ndarray, a list or a number, "
                         f"got {type(data).__name__}")
@@ -328,7 +340,7 @@ class Function:
             out = np.asarray(out)
         if _state["anomaly"]:
             _check_finite(out, f"{cls.__name__} forward produced {{bad}} in its output", ctx,
-                          args)
+                          args, allow_inf=_has_inf(arrays))
         result = Tensor._wrap(out, track)
         if track:
             result._ctx = ctx
@@ -362,10 +374,24 @@ def _backward_node(ctx: Context, dout: np.ndarray, grads: dict) -> None:
         grads[key] = grads[key] + g if key in grads else g
 
 
-def _check_finite(arr: np.ndarray, what: str, ctx: Context, inputs) -> None:
+def _has_inf(arrays) -> bool:
+    """Whether any float input (array or number) already holds an Inf."""
+    return any(np.isinf(a).any() for a in arrays
+               if isinstance(a, (float, np.floating)) or
+               (isinstance(a, np.ndarray) and a.dtype.kind == "f"))
+
+
+def _check_finite(arr: np.ndarray, what: str, ctx: Context, inputs, allow_inf=False) -> None:
+    """Raise AnomalyError if arr holds NaN, or Inf that its inputs did not already hold
+    (an Inf passed on from an input, such as a -inf attention mask, is not an anomaly)."""
     if arr.dtype.kind != "f" or np.isfinite(arr).all():
         return
-    bad = "NaN" if np.isnan(arr).any() else "Inf"
+    if np.isnan(arr).any():
+        bad = "NaN"
+    elif allow_inf:
+        return
+    else:
+        bad = "Inf"
     sites = [f"input {i} created at {t._origin or '<unknown>'}"
              for i, t in enumerate(inputs) if isinstance(t, Tensor)]
     raise AnomalyError(f"{what.format(bad=bad)}; the op was called at {ctx.site}; "
