@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from . import ops
 from .ops import dropout, embedding, gelu, relu, sigmoid, tanh  # noqa: F401  (re-exported)
 from .tensor import Tensor
 

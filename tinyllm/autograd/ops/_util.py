@@ -1,0 +1,72 @@
+"""Helpers the ops share: weak scalars, broadcasting, axes."""
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+from ...errors import ShapeError
+from ..tensor import Tensor
+
+
+def lift(x, dtype=None):
+    """Turn a non-Tensor operand into an array constant. Python and NumPy scalars are weak:
+    they take ``dtype`` (the other operand's float dtype), so float32 stays float32."""
+    if isinstance(x, (Tensor, np.ndarray)):
+        return x
+    if isinstance(x, (bool, int, float, np.generic)):
+        if np.iscomplexobj(x):
+            raise TypeError(f"complex numbers are not supported, got {x!r}")
+        if dtype is not None and dtype.kind == "f":
+            return np.asarray(x, dtype=dtype)
+        return np.asarray(x)
+    if isinstance(x, (list, tuple)):
+        return Tensor(x).data
+    raise TypeError(f"expected a Tensor, an ndarray or a number, got {type(x).__name__}")
+
+
+def _dtype_of(*xs):
+    for x in xs:
+        if isinstance(x, (Tensor, np.ndarray)) and x.dtype.kind == "f":
+            return x.dtype
+    return None
+
+
+def _binary_operands(a, b):
+    dt = _dtype_of(a, b)
+    return lift(a, dt), lift(b, dt)
+
+
+def broadcast_shape(op: str, *shapes) -> tuple:
+    """The broadcast shape, or a ShapeError naming the op and the shapes."""
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ShapeError(f"{op}: cannot broadcast shapes "
+                         + " and ".join(str(tuple(s)) for s in shapes)) from None
+
+
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum g over the axes that broadcasting added or stretched, so it has ``shape``."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+def normalize_axes(op: str, axis, ndim: int) -> tuple:
+    """axis (None, int or tuple) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < builtins.max(ndim, 1):
+            raise ShapeError(f"{op}: axis {a} is out of range for a {ndim}-d tensor")
+        out.append(int(a) % builtins.max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{op}: repeated axis in {axis}")
+    return tuple(sorted(out))

@@ -1,0 +1,119 @@
+"""Selection and masking: where, masked_fill, embedding gather, dropout."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ShapeError
+from ..tensor import Function, Tensor
+from ._util import _binary_operands, broadcast_shape, unbroadcast
+
+
+class Where(Function):
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        if np.asarray(cond).dtype != bool:
+            raise TypeError(f"where: the condition must be boolean, got {np.asarray(cond).dtype}")
+        broadcast_shape("where", np.shape(cond), a.shape, b.shape)
+        ctx.save_for_backward(cond)
+        ctx.shapes = (a.shape, b.shape)
+        return np.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (cond,) = ctx.saved
+        sa, sb = ctx.shapes
+        zero = np.zeros((), dout.dtype)
+        da = unbroadcast(np.where(cond, dout, zero), sa) if ctx.needs_input_grad[1] else None
+        db = unbroadcast(np.where(cond, zero, dout), sb) if ctx.needs_input_grad[2] else None
+        return None, da, db
+
+
+def where(cond, a, b):
+    cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
+    a, b = _binary_operands(a, b)
+    return Where.apply(cond, a, b)
+
+
+class MaskedFill(Function):
+    @staticmethod
+    def forward(ctx, x, mask, value):
+        mask = np.asarray(mask)
+        if mask.dtype != bool:
+            raise TypeError(f"masked_fill: the mask must be boolean, got {mask.dtype}")
+        if broadcast_shape("masked_fill", x.shape, mask.shape) != x.shape:
+            raise ShapeError(f"masked_fill: mask shape {mask.shape} does not broadcast to "
+                             f"the input shape {x.shape}")
+        ctx.save_for_backward(mask)
+        return np.where(mask, np.asarray(value, dtype=x.dtype), x)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (mask,) = ctx.saved
+        return np.where(mask, np.zeros((), dout.dtype), dout), None, None
+
+
+def masked_fill(x, mask, value):
+    """x with the positions where mask is True set to value (they get no gradient)."""
+    mask = mask.data if isinstance(mask, Tensor) else mask
+    return MaskedFill.apply(x, mask, float(value))
+
+
+class Embedding(Function):
+    """weight[idx]: rows of a (V, C) table gathered by an integer array of any shape."""
+
+    @staticmethod
+    def forward(ctx, idx, weight):
+        idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"embedding: indices must be integers, got {idx.dtype}")
+        if weight.ndim != 2:
+            raise ShapeError(f"embedding: weight must be 2-d (V, C), got {weight.shape}")
+        V = weight.shape[0]
+        if idx.size and (idx.min() < 0 or idx.max() >= V):
+            bad = idx.min() if idx.min() < 0 else idx.max()
+            raise IndexError(f"embedding: index {bad} is out of range for {V} rows")
+        ctx.save_for_backward(idx)
+        ctx.shape = weight.shape
+        return weight[idx]                                  # idx.shape + (C,)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (idx,) = ctx.saved
+        dW = np.zeros(ctx.shape, dtype=dout.dtype)
+        np.add.at(dW, idx.reshape(-1), dout.reshape(-1, ctx.shape[1]))
+        return None, dW
+
+
+def embedding(idx, weight):
+    return Embedding.apply(idx.data if isinstance(idx, Tensor) else idx, weight)
+
+
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, p, rng):
+        keep = rng.random(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64) >= p
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return np.where(keep, x * ctx.scale, 0).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (keep,) = ctx.saved
+        return np.where(keep, dout * ctx.scale, 0).astype(dout.dtype, copy=False), None, None
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Inverted dropout: zero each element with probability p and scale the rest by 1/(1-p).
+
+    ``rng`` is a ``np.random.Generator`` (or an int seed); None draws fresh entropy.
+    In eval mode (training=False) or with p=0 it returns x itself.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    return Dropout.apply(x, float(p), rng)
