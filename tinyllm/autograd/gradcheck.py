@@ -172,8 +172,8 @@ def gradcheck(fn, inputs, *, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_excep
                  else f"at index {tuple(map(int, r.worst_index))}")
         msg = (f"gradcheck: gradient of input {r.input_index} (shape {r.shape}) is wrong {where}:"
                f" analytic {r.analytic:.8g}, numeric {r.numeric:.8g},"
-               f" abs err {r.worst_abs_err:.3g}, rel err {r.worst_rel_err:.3g} (atol={atol}, rtol={rtol}; {r.n_bad} element(s)"
-               f" out of tolerance)")
+               f" abs err {r.worst_abs_err:.3g}, rel err {r.worst_rel_err:.3g}"
+               f" (atol={atol}, rtol={rtol}; {r.n_bad} element(s) out of tolerance)")
         if raise_exception:
             raise GradcheckError(msg, input_index=r.input_index, index=r.worst_index,
                                  analytic=r.analytic, numeric=r.numeric, abs_err=r.worst_abs_err,
