@@ -129,12 +129,19 @@ def main(argv=None) -> int:
             raise UsageError("a command is needed: gradcheck, eps-sweep or taylor (see --help)")
         if getattr(args, "samples", 1) < 1:
             raise UsageError("--samples must be at least 1")
+        if getattr(args, "eps", 1.0) <= 0:
+            raise UsageError(f"--eps must be positive, got {args.eps}")
+        if min(getattr(args, "atol", 0.0), getattr(args, "rtol", 0.0)) < 0:
+            raise UsageError("--atol and --rtol must not be negative")
         if args.command == "eps-sweep" and len(args.op) != 1:
             raise UsageError("eps-sweep takes exactly one --op")
         return args.run(args)
     except UsageError as e:
         print(f"tinyllm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:               # e.g. `tinyllm gradcheck | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("tinyllm: interrupted", file=sys.stderr)
         return 130
