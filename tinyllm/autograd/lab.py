@@ -3,8 +3,8 @@
 eps sweep: a central difference has truncation error ~ eps^2 |f'''| and round-off error
 ~ u |f| / eps (u = unit round-off: 1.1e-16 in float64, 6e-8 in float32). Plotted against eps on
 log axes the total error is a V: on the large-eps arm it falls like eps^2 as eps shrinks, on
-the small-eps arm it rises like 1/eps. The bottom sits near eps ~ u^(1/3): about 1e-5 in float64, 1e-2..1e-3 in
-float32, and the float32 V bottoms out about 1e5 times higher.
+the small-eps arm it rises like 1/eps. The bottom sits near eps ~ u^(1/3): about 1e-5 in
+float64, 1e-2..1e-3 in float32, and the float32 V bottoms out some 1e5 times higher.
 
 Taylor test: for a direction v, ``r(h) = |L(x + h v) - L(x) - h <grad L, v>|`` is O(h^2) when
 the gradient is right and O(h) when it is wrong, so the slope of log r against log h is about 2
