@@ -1,0 +1,15 @@
+"""Shared test settings.
+
+Under CI (CI=true) hypothesis draws a fixed sequence of examples, so a run is reproducible;
+locally it explores new examples each run and remembers failures in .hypothesis/.
+"""
+import os
+
+import matplotlib
+from hypothesis import settings
+
+matplotlib.use("Agg")
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
