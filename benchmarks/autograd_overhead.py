@@ -4,6 +4,8 @@ For each op: the plain NumPy forward, the same math as a tinyllm forward (graph 
 tinyllm forward + backward. Medians over repeats after a warm-up; ratios against the NumPy
 forward measured in the same run. Run: python benchmarks/autograd_overhead.py
 """
+import os
+import platform
 import time
 
 import numpy as np
@@ -34,7 +36,19 @@ def np_layer_norm(x, w, b):
     return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5) * w + b
 
 
+def print_setup():
+    """Versions and thread counts, so a figure can be compared with another run."""
+    try:
+        from threadpoolctl import threadpool_info
+        pools = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())
+    except ImportError:
+        pools = "unknown (pip install -e '.[bench]' for threadpoolctl)"
+    print(f"python {platform.python_version()}, numpy {np.__version__}, "
+          f"tinyllm {tl.__version__}, {os.cpu_count()} CPUs, BLAS threads: {pools}\n")
+
+
 def main():
+    print_setup()
     rng = np.random.default_rng(0)
     f32 = np.float32
     x = rng.standard_normal((64, 1024)).astype(f32)

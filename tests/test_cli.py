@@ -45,7 +45,9 @@ def test_gradcheck_exits_1_on_a_broken_op(monkeypatch, capsys):
 def test_usage_errors_are_one_line_exit_2():
     for args in (["gradcheck", "--op", "nope"], ["gradcheck", "--bogus"], ["frobnicate"],
                  ["gradcheck", "--samples", "x"], [], ["eps-sweep"],
-                 ["gradcheck", "--eps", "-1"], ["gradcheck", "--samples", "0"]):
+                 ["gradcheck", "--eps", "-1"], ["gradcheck", "--samples", "0"],
+                 ["gradcheck", "--seed", "-1"], ["gradcheck", "--eps", "nan"],
+                 ["gradcheck", "--atol", "inf"], ["eps-sweep", "--op", "tanh", "--plot", "x.txt"]):
         r = run(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr

@@ -534,8 +534,24 @@ def test_anomaly_allows_a_minus_inf_mask_passed_along():
 
 def test_anomaly_flags_an_inf_that_an_op_creates():
     with tl.detect_anomaly(), np.errstate(over="ignore"):
-        with pytest.raises(tl.AnomalyError, match="Exp forward produced Inf"):
+        with pytest.raises(tl.AnomalyError, match=r"Exp forward produced \+Inf"):
             tl.Tensor(np.array([1000.0]), requires_grad=True).exp()
+
+
+def test_anomaly_tells_a_new_plus_inf_from_a_passed_on_minus_inf():
+    x = tl.Tensor(np.array([-np.inf, 1000.0]), requires_grad=True)
+    with tl.detect_anomaly(), np.errstate(over="ignore"):
+        with pytest.raises(tl.AnomalyError, match=r"Exp forward produced \+Inf"):
+            x.exp()
+
+
+def test_anomaly_does_not_blame_an_op_for_a_nan_it_passes_on():
+    x = tl.Tensor(np.array([np.nan, 1.0]), requires_grad=True)
+    with tl.detect_anomaly():
+        y = x + 1.0                       # the NaN came from the data, not from add
+        with np.errstate(invalid="ignore"), pytest.raises(tl.AnomalyError, match="Log"):
+            (y - 3.0).log()               # log(-1) makes a new NaN: flagged
+    assert np.isnan(y.data[0])
 
 
 def test_detect_anomaly_is_restored_and_finite_work_passes():
@@ -781,3 +797,43 @@ def test_cross_entropy_bad_shapes():
         F.cross_entropy(tl.Tensor(rand(3)), np.array([0, 1, 2]))
     with pytest.raises(TypeError, match="cross_entropy"):
         F.cross_entropy(logits, np.array([0.0, 1.0, 2.0]))
+
+
+# --- corner cases found in review --------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x.transpose(1, 2),                       # axis 2 of a 2-d tensor
+    lambda x: x.transpose(0, 3),
+    lambda x: tl.split(x, 3, axis=5),
+    lambda x: tl.concat([x.sum(), x.sum()]),           # 0-d tensors have no axis to join
+    lambda x: x.sum().sum(axis=0),
+    lambda x: x.sum().max(axis=0),
+], ids=["transpose-1-2", "transpose-0-3", "split-axis", "concat-0d", "sum-0d", "max-0d"])
+def test_bad_axes_raise_shape_error(make):
+    with pytest.raises(tl.ShapeError):
+        make(tl.Tensor(np.ones((2, 3))))
+
+
+def test_pow_zero_has_zero_gradient_even_at_zero():
+    x = tl.Tensor(np.array([0.0, 1.0, -2.0]), requires_grad=True)
+    (x ** 0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 0.0])
+
+
+def test_integer_arrays_do_not_upcast_float32():
+    x = tl.Tensor(np.ones(4, np.float32), requires_grad=True)
+    assert (x * np.arange(4)).dtype == np.float32
+    assert tl.where(np.arange(4) > 1, x, np.zeros(4, np.int64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("other", [np.array(["a"]), np.str_("a"), "a"])
+def test_non_numeric_operand_is_a_type_error_naming_the_op(other):
+    with pytest.raises(TypeError, match="mul"):
+        tl.Tensor(np.ones(1)) * other
+
+
+def test_backward_with_a_non_numeric_gradient_is_a_type_error():
+    x = tl.Tensor(np.ones(2), requires_grad=True)
+    with pytest.raises(TypeError, match="backward"):
+        (x * 2.0).backward(np.array(["a", "b"]))

@@ -352,3 +352,21 @@ def test_eps_sweep_plot_returns_figure(sweep):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     labels = [line.get_label() for line in ax.get_lines()]
     assert "float32" in labels and "float64" in labels
+
+
+def test_tuple_outputs_sharing_a_graph():
+    # both halves of a split come from one product: one backward must serve both outputs
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    assert tl.gradcheck(lambda t: tl.split(t * 2.0, 2, axis=1), [x])
+    assert tl.taylor_test(lambda t: tuple(h.tanh() for h in tl.split(t * 2.0, 2, axis=1)),
+                          [x]) > 1.8
+
+
+def test_inputs_must_be_a_sequence():
+    with pytest.raises(TypeError, match="list or tuple"):
+        tl.gradcheck(lambda t: t, np.ones(3))
+
+
+def test_zero_atol_reports_finite_errors():
+    reports = tl.check_gradients(lambda t: t.tanh(), [np.array([0.5, 1.0])], atol=0.0)
+    assert all(np.isfinite(r.max_rel_err) and r.passed for r in reports)

@@ -42,3 +42,12 @@ def test_registry_covers_the_issue_op_list():
                 "where", "masked_fill", "embedding", "dropout", "softmax", "log_softmax",
                 "cross_entropy", "layer_norm"}
     assert required <= names, required - names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
+def test_op_gradcheck_many_seeds(op):
+    """The same check over 50 random samples per op (pytest -m slow)."""
+    for seed in range(50):
+        s = op.sample(np.random.default_rng([seed, 1234]))
+        assert tl.gradcheck(s.fn, s.inputs, seed=seed), f"{op.name} seed {seed}"

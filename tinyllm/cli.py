@@ -10,7 +10,9 @@ Bad input prints one line and exits 2; a runtime failure prints one line and exi
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -121,21 +123,35 @@ def _parser():
     return p
 
 
+def _validate(args) -> None:
+    if args.seed < 0:
+        raise UsageError(f"--seed must not be negative, got {args.seed}")
+    if getattr(args, "samples", 1) < 1:
+        raise UsageError("--samples must be at least 1")
+    eps = getattr(args, "eps", 1.0)
+    if not (math.isfinite(eps) and eps > 0):
+        raise UsageError(f"--eps must be a positive finite number, got {eps}")
+    for name in ("atol", "rtol"):
+        v = getattr(args, name, 0.0)
+        if not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"--{name} must be a finite number >= 0, got {v}")
+    plot = getattr(args, "plot", None)
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise UsageError(f"--plot must name a .png file, got {plot!r}")
+
+
 def main(argv=None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("a command is needed: gradcheck, eps-sweep or taylor (see --help)")
-        if getattr(args, "samples", 1) < 1:
-            raise UsageError("--samples must be at least 1")
-        if getattr(args, "eps", 1.0) <= 0:
-            raise UsageError(f"--eps must be positive, got {args.eps}")
-        if min(getattr(args, "atol", 0.0), getattr(args, "rtol", 0.0)) < 0:
-            raise UsageError("--atol and --rtol must not be negative")
         if args.command == "eps-sweep" and len(args.op) != 1:
             raise UsageError("eps-sweep takes exactly one --op")
-        return args.run(args)
+        _validate(args)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # finite differences at a bad eps warn a lot
+            return args.run(args)
     except UsageError as e:
         print(f"tinyllm: error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ dtypes: float32 and float64 are kept as they are. Python lists and Python number
 float32. Integer and boolean arrays are allowed as data (indices, masks) but cannot require
 grad. Python and NumPy *scalars* are weak: ``x * 2.0`` and ``x * np.float64(2)`` stay in x's
 dtype. Two arrays or Tensors follow NumPy promotion: float32 with float64 gives float64, and the
-float32 input still receives a float32 gradient.
+float32 input still receives a float32 gradient. ``Tensor(ndarray)`` wraps the array without
+copying it, as ``torch.from_numpy`` does.
 
 Left out on purpose: in-place ops, views that share a gradient, higher-order gradients (the
 backward pass is not itself recorded) and devices.
@@ -183,7 +184,10 @@ class Tensor:
                                    f"of that shape, or reduce the output to a scalar first")
             grad = np.ones_like(self.data)
         else:
-            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+            if grad.dtype.kind not in "fiub":
+                raise TypeError(f"backward: the gradient must be numeric, got dtype {grad.dtype}")
+            grad = grad.astype(self.dtype, copy=False)
             if grad.shape != self.shape:
                 raise ShapeError(f"backward: gradient shape {grad.shape} does not match "
                                  f"tensor shape {self.shape}")
@@ -228,7 +232,7 @@ class Tensor:
         order.reverse()
         return order
 
-    # --- operator sugar (one-liners over the primitives in ops.py) --------------------
+    # --- operator sugar (one-liners over the primitives in ops/) --------------------
     def __add__(self, other): return _ops.add(self, other)
     def __radd__(self, other): return _ops.add(other, self)
     def __sub__(self, other): return _ops.sub(self, other)
@@ -315,6 +319,9 @@ class Function:
 
         y = Cube.apply(t)
 
+    ``backward`` must not modify ``dout`` in place: the engine may hand the same array to
+    several inputs' gradients.
+
     Positional arguments that are Tensors take part in the graph; anything else (integer
     arrays, masks, numbers) is passed to forward as it is and gets ``None`` as its gradient.
     Keyword arguments are passed to forward as options.
@@ -340,7 +347,7 @@ class Function:
             out = np.asarray(out)
         if _state["anomaly"]:
             _check_finite(out, f"{cls.__name__} forward produced {{bad}} in its output", ctx,
-                          args, allow_inf=_has_inf(arrays))
+                          args, passed=arrays)
         result = Tensor._wrap(out, track)
         if track:
             result._ctx = ctx
@@ -369,29 +376,56 @@ def _backward_node(ctx: Context, dout: np.ndarray, grads: dict) -> None:
             g = g.astype(p.dtype)
         if _state["anomaly"]:
             _check_finite(g, f"{ctx.op.__name__} backward produced {{bad}} in the gradient of "
-                             f"input {i}", ctx, ctx.parents)
+                             f"input {i}", ctx, ctx.parents, passed=(dout,))
         key = id(p)
         grads[key] = grads[key] + g if key in grads else g
 
 
-def _has_inf(arrays) -> bool:
-    """Whether any float input (array or number) already holds an Inf."""
-    return any(np.isinf(a).any() for a in arrays
-               if isinstance(a, (float, np.floating)) or
-               (isinstance(a, np.ndarray) and a.dtype.kind == "f"))
+_KINDS = {"NaN": np.isnan, "+Inf": np.isposinf, "-Inf": np.isneginf}
 
 
-def _check_finite(arr: np.ndarray, what: str, ctx: Context, inputs, allow_inf=False) -> None:
-    """Raise AnomalyError if arr holds NaN, or Inf that its inputs did not already hold
-    (an Inf passed on from an input, such as a -inf attention mask, is not an anomaly)."""
-    if arr.dtype.kind != "f" or np.isfinite(arr).all():
+def _new_nonfinite(out: np.ndarray, inputs) -> list:
+    """The kinds of non-finite value (NaN, +Inf, -Inf) that ``out`` holds at a position where
+    no input held the same kind: those the op made, as opposed to passed on.
+
+    An input that broadcasts to out's shape is matched position by position; any other input
+    (a reduction's, a matmul's) excuses its kinds everywhere.
+    """
+    if out.dtype.kind != "f" or np.isfinite(out).all():
+        return []
+    arrays = [np.asarray(a) for a in inputs
+              if isinstance(a, (float, np.floating)) or
+              (isinstance(a, np.ndarray) and a.dtype.kind == "f")]
+    new = []
+    for kind, test in _KINDS.items():
+        made = test(out)
+        for a in arrays:
+            if not made.any():
+                break
+            try:
+                same_shape = np.broadcast_shapes(a.shape, out.shape) == out.shape
+            except ValueError:
+                same_shape = False
+            if same_shape:
+                made &= ~np.broadcast_to(test(a), out.shape)
+            elif test(a).any():
+                made[...] = False
+        if made.any():
+            new.append(kind)
+    return new
+
+
+def _check_finite(arr: np.ndarray, what: str, ctx: Context, inputs, passed=()) -> None:
+    """Raise AnomalyError if ``arr`` holds a NaN or Inf that the op made itself.
+
+    What is passed on from ``passed`` (the op's inputs, or its upstream gradient) is not an
+    anomaly: a -inf attention mask flowing through a softmax is fine, exp overflowing to +inf
+    or -inf minus -inf making NaN is not.
+    """
+    new = _new_nonfinite(arr, passed)
+    if not new:
         return
-    if np.isnan(arr).any():
-        bad = "NaN"
-    elif allow_inf:
-        return
-    else:
-        bad = "Inf"
+    bad = " and ".join(new)
     sites = [f"input {i} created at {t._origin or '<unknown>'}"
              for i, t in enumerate(inputs) if isinstance(t, Tensor)]
     raise AnomalyError(f"{what.format(bad=bad)}; the op was called at {ctx.site}; "

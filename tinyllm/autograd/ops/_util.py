@@ -1,28 +1,37 @@
 """Helpers the ops share: weak scalars, broadcasting, axes."""
 from __future__ import annotations
 
-import builtins
-
 import numpy as np
 
 from ...errors import ShapeError
 from ..tensor import Tensor
 
 
-def lift(x, dtype=None):
-    """Turn a non-Tensor operand into an array constant. Python and NumPy scalars are weak:
-    they take ``dtype`` (the other operand's float dtype), so float32 stays float32."""
-    if isinstance(x, (Tensor, np.ndarray)):
+def lift(x, dtype=None, op="op"):
+    """Turn a non-Tensor operand into an array constant.
+
+    Python and NumPy scalars are weak: they take ``dtype`` (the other operand's float dtype),
+    so float32 stays float32. Integer and boolean arrays are data, not precision: they take
+    ``dtype`` too. Float arrays keep their dtype (NumPy promotion applies).
+    """
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{op}: expected numbers, got an array of dtype {x.dtype}")
+        if x.dtype.kind in "iub" and dtype is not None and dtype.kind == "f":
+            return x.astype(dtype)
         return x
     if isinstance(x, (bool, int, float, np.generic)):
-        if np.iscomplexobj(x):
-            raise TypeError(f"complex numbers are not supported, got {x!r}")
+        if np.asarray(x).dtype.kind not in "fiub":
+            raise TypeError(f"{op}: expected a real number, got {x!r}")
         if dtype is not None and dtype.kind == "f":
             return np.asarray(x, dtype=dtype)
         return np.asarray(x)
     if isinstance(x, (list, tuple)):
         return Tensor(x).data
-    raise TypeError(f"expected a Tensor, an ndarray or a number, got {type(x).__name__}")
+    raise TypeError(f"{op}: expected a Tensor, an ndarray or a number, "
+                    f"got {type(x).__name__}")
 
 
 def _dtype_of(*xs):
@@ -32,9 +41,9 @@ def _dtype_of(*xs):
     return None
 
 
-def _binary_operands(a, b):
+def _binary_operands(a, b, op):
     dt = _dtype_of(a, b)
-    return lift(a, dt), lift(b, dt)
+    return lift(a, dt, op), lift(b, dt, op)
 
 
 def broadcast_shape(op: str, *shapes) -> tuple:
@@ -64,9 +73,9 @@ def normalize_axes(op: str, axis, ndim: int) -> tuple:
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in axes:
-        if not -ndim <= a < builtins.max(ndim, 1):
+        if not -ndim <= a < ndim:
             raise ShapeError(f"{op}: axis {a} is out of range for a {ndim}-d tensor")
-        out.append(int(a) % builtins.max(ndim, 1))
+        out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise ShapeError(f"{op}: repeated axis in {axis}")
     return tuple(sorted(out))

@@ -101,13 +101,15 @@ class Pow(Function):
     def backward(ctx, dout):
         (x,) = ctx.saved
         p = ctx.p
+        if p == 0:                       # d(x^0)/dx = 0, also at x = 0 (not 0 * 0^-1 = NaN)
+            return np.zeros_like(dout), None
         return dout * p * _int_power(x, p - 1), None
 
 
-def add(a, b): return Add.apply(*_binary_operands(a, b))
-def sub(a, b): return Sub.apply(*_binary_operands(a, b))
-def mul(a, b): return Mul.apply(*_binary_operands(a, b))
-def div(a, b): return Div.apply(*_binary_operands(a, b))
+def add(a, b): return Add.apply(*_binary_operands(a, b, "add"))
+def sub(a, b): return Sub.apply(*_binary_operands(a, b, "sub"))
+def mul(a, b): return Mul.apply(*_binary_operands(a, b, "mul"))
+def div(a, b): return Div.apply(*_binary_operands(a, b, "div"))
 def neg(x): return Neg.apply(x)
 
 
@@ -159,4 +161,4 @@ class MatMul(Function):
         return da, db
 
 
-def matmul(a, b): return MatMul.apply(*_binary_operands(a, b))
+def matmul(a, b): return MatMul.apply(*_binary_operands(a, b, "matmul"))

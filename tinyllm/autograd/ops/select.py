@@ -30,7 +30,7 @@ class Where(Function):
 
 def where(cond, a, b):
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
-    a, b = _binary_operands(a, b)
+    a, b = _binary_operands(a, b, "where")
     return Where.apply(cond, a, b)
 
 

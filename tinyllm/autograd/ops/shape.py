@@ -1,8 +1,6 @@
 """Shape ops: reshape, transpose, indexing, concat, stack, split."""
 from __future__ import annotations
 
-import builtins
-
 import numpy as np
 
 from ...errors import ShapeError
@@ -30,8 +28,9 @@ class Transpose(Function):
     def forward(ctx, x, axes=None):
         nd = x.ndim
         axes = tuple(reversed(range(nd))) if axes is None else tuple(axes)
-        norm = tuple(int(a) % nd for a in axes) if nd else tuple(axes)
-        if sorted(norm) != list(range(nd)):
+        in_range = all(-nd <= a < nd for a in axes)
+        norm = tuple(int(a) % nd for a in axes) if in_range and nd else tuple(axes)
+        if not in_range or sorted(norm) != list(range(nd)):
             raise ShapeError(f"transpose: axes {axes} are not a permutation of the "
                              f"{nd} axes of shape {x.shape}")
         ctx.axes = norm
@@ -140,7 +139,7 @@ def _check_same_shapes(op, xs, skip_axis):
     if not xs:
         raise ShapeError(f"{op}: needs at least one tensor")
     ref = xs[0].shape
-    if skip_axis is not None and not -len(ref) <= skip_axis < builtins.max(len(ref), 1):
+    if skip_axis is not None and not -len(ref) <= skip_axis < len(ref):
         raise ShapeError(f"{op}: axis {skip_axis} is out of range for shape {ref}")
     for x in xs[1:]:
         ok = len(x.shape) == len(ref) and all(
@@ -154,7 +153,7 @@ def _check_same_shapes(op, xs, skip_axis):
 def _tensors(xs, op):
     xs = list(xs)
     dt = _dtype_of(*xs)
-    return [x if isinstance(x, Tensor) else Tensor(lift(x, dt)) for x in xs]
+    return [x if isinstance(x, Tensor) else Tensor(lift(x, dt, op)) for x in xs]
 
 
 def concat(xs, axis=0): return Concat.apply(*_tensors(xs, "concat"), axis=axis)
@@ -163,6 +162,8 @@ def stack(xs, axis=0): return Stack.apply(*_tensors(xs, "stack"), axis=axis)
 
 def split(x, indices_or_sections, axis=0):
     """NumPy's split: an int n gives n equal parts, a list gives the cut points."""
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"split: axis {axis} is out of range for shape {x.shape}")
     n = x.shape[axis]
     if isinstance(indices_or_sections, (int, np.integer)):
         k = int(indices_or_sections)
