@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import tinyllm as tl
+from _functions import Cube  # noqa: E402
 
 F = tl.functional
 THIS_FILE = os.path.basename(__file__)
@@ -26,18 +27,6 @@ def rand(*shape, dtype=np.float64, seed=0):
 
 
 # --- custom Functions used by several tests ----------------------------------------------
-
-
-class Cube(tl.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x * x
-
-    @staticmethod
-    def backward(ctx, dout):
-        (x,) = ctx.saved
-        return 3 * x * x * dout
 
 
 class ScaleBy(tl.Function):

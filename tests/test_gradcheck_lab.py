@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import tinyllm as tl  # noqa: E402
+from _functions import Cube, WrongCube  # noqa: E402
 
 F = tl.functional
 
@@ -19,32 +20,6 @@ def rand(*shape, seed=0):
 
 
 # --- planted-error Functions -------------------------------------------------------------
-
-
-class Cube(tl.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x * x
-
-    @staticmethod
-    def backward(ctx, dout):
-        (x,) = ctx.saved
-        return 3 * x * x * dout
-
-
-class WrongCube(tl.Function):
-    """x^3 with the derivative of... not quite x^3."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x * x
-
-    @staticmethod
-    def backward(ctx, dout):
-        (x,) = ctx.saved
-        return 2 * x * x * dout
 
 
 def _softmax_rows(x):
@@ -65,17 +40,11 @@ class GoodSoftmax(tl.Function):
         return s * (dout - (s * dout).sum(axis=-1, keepdims=True))
 
 
-class SumTrapSoftmax(tl.Function):
+class SumTrapSoftmax(GoodSoftmax):
     """Backward ignores dout: it applies the softmax Jacobian to a vector of ones.
 
     J^T 1 = s * (1 - sum(s)) = 0, which is exactly the gradient of softmax(x).sum(), so any
     check through the sum passes. With any other upstream gradient it is wrong."""
-
-    @staticmethod
-    def forward(ctx, x):
-        s = _softmax_rows(x)
-        ctx.save_for_backward(s)
-        return s
 
     @staticmethod
     def backward(ctx, dout):
