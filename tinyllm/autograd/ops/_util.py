@@ -55,6 +55,16 @@ def broadcast_shape(op: str, *shapes) -> tuple:
                          + " and ".join(str(tuple(s)) for s in shapes)) from None
 
 
+def broadcasting(op: str, ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ufunc(a, b); if the shapes do not broadcast, a ShapeError naming the op and the shapes.
+    The shapes are only examined after NumPy refuses, so the common case costs nothing extra."""
+    try:
+        return ufunc(a, b)
+    except ValueError:
+        broadcast_shape(op, a.shape, b.shape)
+        raise
+
+
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum g over the axes that broadcasting added or stretched, so it has ``shape``."""
     if g.shape == tuple(shape):

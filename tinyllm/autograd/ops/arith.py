@@ -7,16 +7,15 @@ import numpy as np
 
 from ...errors import ShapeError
 from ..tensor import Function, Tensor
-from ._util import _binary_operands, broadcast_shape, unbroadcast
+from ._util import _binary_operands, broadcast_shape, broadcasting, unbroadcast
 from .elementwise import exp
 
 
 class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
-        broadcast_shape("add", a.shape, b.shape)
         ctx.shapes = (a.shape, b.shape)
-        return a + b
+        return broadcasting("add", np.add, a, b)
 
     @staticmethod
     def backward(ctx, dout):
@@ -27,9 +26,8 @@ class Add(Function):
 class Sub(Function):
     @staticmethod
     def forward(ctx, a, b):
-        broadcast_shape("sub", a.shape, b.shape)
         ctx.shapes = (a.shape, b.shape)
-        return a - b
+        return broadcasting("sub", np.subtract, a, b)
 
     @staticmethod
     def backward(ctx, dout):
@@ -41,9 +39,8 @@ class Sub(Function):
 class Mul(Function):
     @staticmethod
     def forward(ctx, a, b):
-        broadcast_shape("mul", a.shape, b.shape)
         ctx.save_for_backward(a, b)
-        return a * b
+        return broadcasting("mul", np.multiply, a, b)
 
     @staticmethod
     def backward(ctx, dout):
@@ -56,8 +53,7 @@ class Mul(Function):
 class Div(Function):
     @staticmethod
     def forward(ctx, a, b):
-        broadcast_shape("div", a.shape, b.shape)
-        out = a / b
+        out = broadcasting("div", np.true_divide, a, b)
         ctx.save_for_backward(a, b, out)
         return out
 
