@@ -1,0 +1,178 @@
+"""Numba plumbing shared by the kernel families.
+
+Nothing here compiles at import: ``njit`` only wraps functions, which compile on their first
+call (and then come from the on-disk cache, ``cache=True``; CI points ``NUMBA_CACHE_DIR`` at a
+writable folder).
+
+Helpers for the kernels:
+
+- ``fexp(x)``: e**x. For float32 it is a vectorisable polynomial exp (below), within 1 ulp of
+  the true value over [-87, 88]; ``math.exp`` is a scalar libm call that stops LLVM from
+  vectorising a loop. For float64 it is ``math.exp``, so float64 results stay exact enough to
+  check the reference to ~1e-12.
+- ``ftanh(x)``: tanh built on ``fexp`` the same way.
+- ``neg_inf(x)`` / ``zero(x)`` / ``one(x)``: constants typed like ``x``. A bare ``-np.inf`` or
+  ``0.5`` is a float64 literal, and one of them in a float32 loop silently makes it float64.
+
+If Numba does not import, ``HAVE_NUMBA`` is False, ``njit`` returns functions that raise on
+call, and the registry falls back to the NumPy references.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+try:
+    import numba
+    from numba import prange, types
+    from numba.extending import intrinsic, overload
+    HAVE_NUMBA = True
+except ImportError:                                   # pragma: no cover - numba is a dependency
+    numba = None
+    HAVE_NUMBA = False
+    prange = range
+
+# Numba kernels run beside NumPy's BLAS. With the omp layer, idle OpenMP workers spin and
+# steal the two cores from BLAS calls that come between kernels (the MLP measured ~10% slower);
+# workqueue does not spin. A user's own NUMBA_THREADING_LAYER wins.
+if HAVE_NUMBA and "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+def njit(*args, **kwargs):
+    """``numba.njit`` with ``cache=True`` by default (and ``parallel``/``fastmath`` passed
+    through). Without Numba the decorated function raises when called."""
+    kwargs.setdefault("cache", True)
+    if HAVE_NUMBA:
+        return numba.njit(*args, **kwargs)
+
+    def wrap(fn):
+        def missing(*a, **k):
+            raise RuntimeError(f"{fn.__name__}: Numba is not installed")
+        return missing
+    if args and callable(args[0]):
+        return wrap(args[0])
+    return wrap
+
+
+def num_threads() -> int:
+    """Threads Numba's parallel loops use now."""
+    return numba.get_num_threads() if HAVE_NUMBA else 1
+
+
+def fexp(x):
+    """e**x (see the module docstring); the Python body serves outside Numba."""
+    return np.exp(x)
+
+
+def ftanh(x):
+    return np.tanh(x)
+
+
+def neg_inf(x):
+    return np.asarray(x).dtype.type(-np.inf)
+
+
+def zero(x):
+    return np.asarray(x).dtype.type(0)
+
+
+def one(x):
+    return np.asarray(x).dtype.type(1)
+
+
+if HAVE_NUMBA:
+    from llvmlite import ir
+
+    @intrinsic
+    def _bits_as_f32(typingctx, i):
+        """Reinterpret the low 32 bits of an integer as a float32 (numba has no scalar
+        ``.view``)."""
+        if not isinstance(i, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            if v.type.width != 32:
+                v = builder.trunc(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
+        return types.float32(i), codegen
+
+    # Cody-Waite reduction x = n*ln2 + r with ln2 split in two (C1 exact in few bits), then
+    # e**r by the Cephes expf polynomial on |r| <= ln2/2, then 2**n from the exponent bits.
+    _HI = np.float32(88.3762626647949)
+    _LO = np.float32(-88.3762626647949)
+    _LOG2E = np.float32(1.44269504088896341)
+    _C1 = np.float32(0.693359375)
+    _C2 = np.float32(-2.12194440e-4)
+    _P0 = np.float32(1.9875691500e-4)
+    _P1 = np.float32(1.3981999507e-3)
+    _P2 = np.float32(8.3334519073e-3)
+    _P3 = np.float32(4.1665795894e-2)
+    _P4 = np.float32(1.6666665459e-1)
+    _P5 = np.float32(5.0000001201e-1)
+    _HALF = np.float32(0.5)
+    _ONE = np.float32(1.0)
+    _ZERO = np.float32(0.0)
+    _INF = np.float32(np.inf)
+
+    @numba.njit(cache=True, inline="always")
+    def _exp32(x):
+        # clamp first: converting inf or NaN to int is undefined in LLVM
+        xc = x if x < _HI else _HI
+        xc = xc if xc > _LO else _LO
+        xc = xc if x == x else _ZERO
+        n = np.floor(xc * _LOG2E + _HALF)
+        r = xc - n * _C1
+        r = r - n * _C2
+        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        y = p * (r * r) + r + _ONE
+        y = y * _bits_as_f32((np.int32(n) + 127) << 23)
+        y = _INF if x > _HI else y
+        y = _ZERO if x < _LO else y
+        return x if x != x else y
+
+    @overload(fexp, inline="always")
+    def _fexp_ov(x):
+        if x == types.float32:
+            return lambda x: _exp32(x)
+        return lambda x: math.exp(x)
+
+    @overload(ftanh, inline="always")
+    def _ftanh_ov(x):
+        if x == types.float32:
+            def impl(x):
+                # tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|), never overflows
+                a = x if x >= _ZERO else -x
+                e = _exp32(np.float32(-2.0) * a)
+                t = (_ONE - e) / (_ONE + e)
+                return t if x >= _ZERO else -t
+            return impl
+        return lambda x: math.tanh(x)
+
+    @overload(neg_inf, inline="always")
+    def _neg_inf_ov(x):
+        dt = getattr(x, "dtype", x)
+        if dt == types.float32:
+            return lambda x: np.float32(-np.inf)
+        return lambda x: -np.inf
+
+    @overload(zero, inline="always")
+    def _zero_ov(x):
+        dt = getattr(x, "dtype", x)
+        if dt == types.float32:
+            return lambda x: np.float32(0.0)
+        return lambda x: 0.0
+
+    @overload(one, inline="always")
+    def _one_ov(x):
+        dt = getattr(x, "dtype", x)
+        if dt == types.float32:
+            return lambda x: np.float32(1.0)
+        return lambda x: 1.0
+
+
+__all__ = ["HAVE_NUMBA", "njit", "prange", "num_threads", "fexp", "ftanh", "neg_inf", "zero",
+           "one"]
