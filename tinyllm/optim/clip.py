@@ -1,0 +1,78 @@
+"""Gradient clipping by the global L2 norm.
+
+    total = sqrt(sum over every parameter p, every element i of p.grad[i]**2)
+    if total > max_norm:  p.grad *= max_norm / total       (for every p, in place)
+
+The sum runs in float64 whatever the gradients' dtype: a float32 sum of a million squares
+loses digits. The scale factor is ``max_norm / total`` exactly (PyTorch adds 1e-6 to the
+denominator), so afterwards the norm is ``max_norm`` to rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..kernels._nb import HAVE_NUMBA, njit
+
+
+@njit(fastmath={"reassoc"})   # a plain sum: reassociation lets it vectorise (DESIGN.md §6)
+def _sumsq_numba(g):
+    acc = 0.0
+    for i in range(g.size):
+        x = np.float64(g[i])
+        acc += x * x
+    return acc
+
+
+def _sumsq(g: np.ndarray) -> float:
+    """sum(g**2) accumulated in float64."""
+    if g.dtype == np.float64:
+        flat = g.reshape(-1)
+        return float(np.dot(flat, flat))
+    if HAVE_NUMBA and g.flags.c_contiguous:
+        return float(_sumsq_numba(g.reshape(-1)))
+    flat = g.astype(np.float64).reshape(-1)
+    return float(np.dot(flat, flat))
+
+
+def _grads(params) -> list:
+    if isinstance(getattr(params, "data", None), np.ndarray):
+        params = [params]
+    seen, out = set(), []
+    for p in params:
+        if id(p) in seen:                    # a tied parameter passed twice counts once
+            continue
+        seen.add(id(p))
+        if getattr(p, "grad", None) is not None:
+            out.append(p)
+    return out
+
+
+def grad_norm(params) -> float:
+    """The global L2 norm of all gradients (float64 accumulation); grads that are None are
+    skipped."""
+    return math.sqrt(sum(_sumsq(np.asarray(p.grad)) for p in _grads(params)))
+
+
+def clip_grad_norm_(params, max_norm: float) -> float:
+    """Scale every ``p.grad`` in place so that their global L2 norm is at most ``max_norm``.
+
+    Returns the norm *before* clipping, as a Python float. A non-finite norm (a NaN or Inf in
+    some gradient) is returned without scaling anything: the caller decides (skip the step,
+    stop training). ``params`` is an iterable of Tensors or one Tensor.
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.floating)) \
+            or not (math.isfinite(max_norm) and max_norm >= 0):
+        raise ValueError(f"clip_grad_norm_: invalid max_norm={max_norm!r} "
+                         f"(must be a finite number >= 0)")
+    ps = _grads(params)
+    total = math.sqrt(sum(_sumsq(np.asarray(p.grad)) for p in ps))
+    if math.isfinite(total) and total > max_norm:
+        scale = float(max_norm) / total
+        for p in ps:
+            if isinstance(p.grad, np.ndarray) and p.grad.flags.writeable:
+                p.grad *= scale                  # Python float: float32 stays float32
+            else:
+                p.grad = np.asarray(p.grad) * scale
+    return total
