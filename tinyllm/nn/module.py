@@ -1,0 +1,196 @@
+"""``Module``: a container of parameters and sub-modules, as in PyTorch.
+
+Assigning a ``Parameter`` or a ``Module`` to an attribute registers it, so
+``named_parameters()`` can walk the tree and give every parameter a dotted name
+(``transformer.h.0.attn.c_attn.weight``). A parameter reachable under two names (a tied
+head) is listed once, under the first name met.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterator
+
+import numpy as np
+
+from ..autograd import Tensor
+from ..errors import ShapeError
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns and an optimiser updates (requires_grad by default)."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before "
+                               f"assigning attributes")
+        params, mods = self._parameters, self._modules
+        params.pop(name, None)
+        mods.pop(name, None)
+        if isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            mods[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------ walking the tree
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop(0)
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            for child, sub in m._modules.items():
+                stack.append((f"{name}.{child}" if name else child, sub))
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """(dotted name, Parameter) pairs, each parameter once."""
+        seen = set()
+        for mname, m in self._walk(""):
+            for pname, p in m._parameters.items():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), p
+
+    def _walk(self, prefix):
+        # depth-first in registration order, so names follow the order modules were assigned
+        yield prefix, self
+        for child, sub in self._modules.items():
+            yield from sub._walk(f"{prefix}.{child}" if prefix else child)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return int(sum(p.data.size for p in self.parameters()
+                       if p.requires_grad or not trainable_only))
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """name -> the parameter's array (not a copy; copy it if you will mutate it)."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into the parameters in place (their dtype is kept). Missing or
+        unexpected names (when ``strict``) and shape mismatches raise, naming them; nothing is
+        changed unless every check passes."""
+        own = dict(self.named_parameters())
+        missing = [n for n in own if n not in state]
+        unexpected = [n for n in state if n not in own]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing[:5])}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+            if unexpected:
+                parts.append(f"unexpected {', '.join(unexpected[:5])}"
+                             + (f" and {len(unexpected) - 5} more"
+                                if len(unexpected) > 5 else ""))
+            raise KeyError(f"load_state_dict: {type(self).__name__}: {'; '.join(parts)}")
+        for name, p in own.items():
+            if name in state:
+                arr = np.asarray(state[name])
+                if arr.shape != p.data.shape:
+                    raise ShapeError(f"load_state_dict: {name} has shape {arr.shape} in the "
+                                     f"state but {p.data.shape} in the model")
+                if arr.dtype.kind not in "fiu":
+                    raise TypeError(f"load_state_dict: {name} has dtype {arr.dtype}")
+        for name, p in own.items():
+            if name in state:
+                p.data[...] = state[name]
+
+    # ------------------------------------------------------------ modes and grads
+    def train(self, mode: bool = True) -> "Module":
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def _match(self, patterns) -> list[str]:
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        names = [n for n, _ in self.named_parameters()]
+        hit = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+        if not hit:
+            raise KeyError(f"no parameter matches {list(patterns)}; names look like "
+                           f"{', '.join(names[:3])}")
+        return hit
+
+    def freeze(self, patterns="*") -> list[str]:
+        """Stop gradients for parameters whose name matches a glob pattern (``"*.ln_*"``);
+        returns the names frozen."""
+        names = self._match(patterns)
+        own = dict(self.named_parameters())
+        for n in names:
+            own[n].requires_grad = False
+            own[n].grad = None
+        return names
+
+    def unfreeze(self, patterns="*") -> list[str]:
+        names = self._match(patterns)
+        own = dict(self.named_parameters())
+        for n in names:
+            own[n].requires_grad = True
+        return names
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}()"
+
+
+class ModuleList(Module):
+    """A list of sub-modules, registered under "0", "1", ..."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self._items = []
+        for m in modules:
+            self.append(m)
+
+    def append(self, m: Module) -> None:
+        setattr(self, str(len(self._items)), m)
+        self._items.append(m)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, i):
+        return self._items[i]
