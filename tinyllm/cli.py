@@ -1,6 +1,10 @@
 """The ``tinyllm`` command line (also ``python -m tinyllm``).
 
 Commands:
+  demo        the main job: the document's attention RNN (with and without attention) on
+              sequence reversal, then a small GPT on the embedded corpus, with figures
+  train       train a GPT on text or the attention RNN on a synthetic task, with checkpoints
+  generate    continue a prompt from a GPT checkpoint (or answer a task prompt with an RNN one)
   gradcheck   gradcheck every registered op in float64 on random shapes; exit 1 on a failure
   eps-sweep   error of the central difference against eps, float32 and float64, for one op
   taylor      the Taylor-remainder slope for one op (about 2 = right, about 1 = wrong)
@@ -99,9 +103,163 @@ def cmd_taylor(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_demo(args) -> int:
+    from .train.runs import demo
+    _writable_dir(args.out, "--out")
+    budget = {}
+    if args.quick:                      # a smoke run: seconds, not minutes
+        budget = {"rnn": 6.0, "rnn_plain": 4.0, "gpt": 10.0}
+    demo(args.out, budget=budget)
+    return 0
+
+
+def _writable_dir(path, flag):
+    import os
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = path if os.path.isdir(path) else parent
+    if not os.path.isdir(probe):
+        raise UsageError(f"{flag} {path!r}: the folder {parent!r} does not exist")
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"{flag} {path!r} is not writable")
+
+
+def cmd_train(args) -> int:
+    import os
+
+    from .data import load_corpus
+    from .train.checkpoint import CheckpointError, load_checkpoint
+    from .train.runs import SettingsError, gpt_trainer, make_settings, rnn_trainer
+    from .train.runs import unigram_baseline
+    _writable_dir(args.out, "--out")
+    if args.model == "rnn" and args.data:
+        raise UsageError("--data is for --model gpt; the RNN trains on a synthetic task "
+                         "(choose it with --config reversal|reversal-long|copy)")
+    preset = args.config or ("small" if args.model == "gpt" else "reversal")
+    try:
+        s = make_settings(args.model, preset, args.settings)
+    except SettingsError as e:
+        raise UsageError(str(e)) from None
+    if args.data:
+        try:
+            load_corpus(args.data)
+        except (OSError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    if args.resume:
+        try:
+            _, _, meta = load_checkpoint(args.out)
+        except CheckpointError as e:
+            raise RuntimeError(f"--resume: {e}") from None
+        saved = meta.get("settings", {})
+        if meta.get("model", {}).get("type") != args.model:
+            raise UsageError(f"--resume: {args.out} holds a {meta.get('model', {}).get('type')}"
+                             f" run, not --model {args.model}")
+        changed = [k for k in saved if k in s and s[k] != saved[k]
+                   and k not in ("max_steps", "time_limit", "stop_at", "eval_every",
+                                 "eval_batches", "patience", "log_every", "progress")]
+        explicit = {kv.split("=", 1)[0].lstrip("-").replace("-", "_") for kv in args.settings}
+        bad = [k for k in changed if k in explicit or args.config]
+        if bad:
+            raise UsageError(f"--resume: {', '.join(bad)} differ from the checkpoint's; a "
+                             f"resumed run keeps its model and data settings")
+        s = dict(saved, **{k: s[k] for k in s if k not in saved or k not in changed})
+    if args.model == "gpt":
+        try:
+            trainer, tok, train, val = gpt_trainer(s, args.data, args.out, resume=args.resume)
+        except SettingsError as e:
+            raise UsageError(str(e)) from None
+        print(f"GPT {s['n_layer']}L/{s['n_head']}H/{s['n_embd']} block {s['block_size']}, "
+              f"{trainer.model.num_parameters():,} parameters, vocab {tok.vocab_size}; "
+              f"unigram baseline {unigram_baseline(train, val, tok.vocab_size):.3f} nats/token")
+    else:
+        trainer, task, held = rnn_trainer(s, args.out, resume=args.resume)
+        print(f"AttentionRNN ({'additive' if s['attention'] else 'no'} attention) on "
+              f"{s['task']} lengths {s['min_len']}-{s['max_len']}, "
+              f"{trainer.model.num_parameters():,} parameters")
+    if args.resume:
+        print(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
+    r = trainer.fit()
+    last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
+    print(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
+          f"{r.best_val:.4f} at step {r.best_step}; {r.seconds:.1f} s, "
+          f"{r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s")
+    if args.model == "rnn":
+        from .train.seq_tasks import evaluate_exact_match
+        print(f"held-out exact match {evaluate_exact_match(trainer.model, held) * 100:.1f}%")
+    print(f"checkpoints: {os.path.join(args.out, 'last')} and 'best'; metrics.jsonl, loss.png")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .data import UnknownTokenError
+    from .infer import generate
+    from .train.checkpoint import CheckpointError
+    from .train.runs import load_model
+    import os
+    if not os.path.exists(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
+    try:
+        model, extra, meta = load_model(args.checkpoint)
+    except CheckpointError as e:
+        raise RuntimeError(str(e)) from None
+    seed = args.seed
+    if meta["model"]["type"] == "gpt":
+        try:
+            ids = extra.encode(args.prompt)
+        except UnknownTokenError as e:
+            raise UsageError(f"--prompt: {e}") from None
+        if not ids:
+            raise UsageError("--prompt is empty; give at least one character")
+        out = generate(model, np.array([ids]), args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       seed=seed)
+        print(extra.decode(out[0].tolist()))
+        return 0
+    task = extra                          # an RNN checkpoint: the prompt is task symbols
+    names = task.token_names[4:]          # "a", "b", ... after the four special tokens
+    try:
+        symbols = [names.index(t) for t in args.prompt.replace(",", " ").split()]
+        if not task.min_len <= len(symbols) <= task.max_len:
+            raise ValueError(f"got {len(symbols)}")
+        prompt = task.prompt(symbols)
+    except ValueError:
+        raise UsageError(f"--prompt for a {task.kind} model is {task.min_len} to "
+                         f"{task.max_len} of the symbols {' '.join(names)} separated by "
+                         f"spaces, got {args.prompt!r}") from None
+    out = generate(model, np.array([prompt]), len(symbols) + 1, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=seed)
+    print(task.decode(out[0].tolist()))
+    return 0
+
+
 def _parser():
     p = _Parser(prog="tinyllm", description="tinyllm: LLM math you can read, check and time.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    d = sub.add_parser("demo", help="the main job: RNN with/without attention, then a GPT")
+    d.add_argument("--out", default="tinyllm-demo", help="folder for figures and checkpoints "
+                   "(default tinyllm-demo)")
+    d.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    d.set_defaults(run=cmd_demo)
+    tr = sub.add_parser("train", help="train a GPT on text or the RNN on a task",
+                        epilog="Any setting of the preset can be overridden as --key=value, "
+                               "e.g. --max_steps=500 --lr=1e-3 --n_layer=2.")
+    tr.add_argument("--model", choices=("gpt", "rnn"), required=True)
+    tr.add_argument("--data", help="a UTF-8 text file (GPT; default: the embedded corpus)")
+    tr.add_argument("--config", help="preset: small|medium|tiny (gpt), "
+                    "reversal|reversal-long|copy (rnn)")
+    tr.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.set_defaults(run=cmd_train)
+    ge = sub.add_parser("generate", help="continue a prompt from a checkpoint")
+    ge.add_argument("--checkpoint", required=True, help="a run folder or checkpoint folder")
+    ge.add_argument("--prompt", required=True)
+    ge.add_argument("--max-new-tokens", type=int, default=200)
+    ge.add_argument("--temperature", type=float, default=0.8)
+    ge.add_argument("--top-k", type=int, default=None)
+    ge.add_argument("--top-p", type=float, default=None)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.set_defaults(run=cmd_generate)
     g = sub.add_parser("gradcheck", help="gradcheck every registered op (float64)")
     g.add_argument("--op", action="append", help="only this op (repeatable)")
     g.add_argument("--samples", type=int, default=3, help="random samples per op (default 3)")
@@ -124,7 +282,17 @@ def _parser():
 
 
 def _validate(args) -> None:
-    if args.seed < 0:
+    if args.command == "generate":
+        if args.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        if not (math.isfinite(args.temperature) and args.temperature >= 0):
+            raise UsageError(f"--temperature must be a finite number >= 0, got "
+                             f"{args.temperature}")
+        if args.top_k is not None and args.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if getattr(args, "seed", 0) < 0:
         raise UsageError(f"--seed must not be negative, got {args.seed}")
     if getattr(args, "samples", 1) < 1:
         raise UsageError("--samples must be at least 1")
@@ -143,9 +311,18 @@ def _validate(args) -> None:
 def main(argv=None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise UsageError("a command is needed: gradcheck, eps-sweep or taylor (see --help)")
+            raise UsageError("a command is needed: demo, train, generate, gradcheck, eps-sweep "
+                             "or taylor (see --help)")
+        if extra and args.command != "train":
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "train":
+            bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
+            if bad:
+                raise UsageError(f"unrecognized argument {bad[0]!r} (settings are "
+                                 f"--key=value)")
+            args.settings = extra
         if args.command == "eps-sweep" and len(args.op) != 1:
             raise UsageError("eps-sweep takes exactly one --op")
         _validate(args)

@@ -1,24 +1,92 @@
-"""``tl.functional`` (``F``): the neural-network ops, as compositions of the primitives.
+"""``tl.functional`` (``F``): the neural-network ops.
 
-They are composites for now: each is a few lines of primitive ops, so autodiff derives its
-backward. The kernels layer will swap in fused forward/backward kernels behind the same names.
-Shapes: N = rows, V = vocabulary (classes), C = channels.
+The hot ones (softmax, cross_entropy, layer_norm, mlp, scaled_dot_product_attention,
+additive_attention, decode_attention) are fused kernels from ``tinyllm.kernels``: a forward
+and a hand-derived backward on plain arrays, wrapped here as one graph node. Which
+implementation runs (the NumPy reference or Numba) is asked of the registry on every call, so
+``with tl.kernels.use("numpy"):`` or ``TINYLLM_KERNELS=numpy`` switches the whole engine.
+The rest (log_softmax, linear, gelu, ...) are compositions of primitive ops whose backward
+autodiff derives.
+Shapes: N = rows, V = vocabulary (classes), C = channels, B = batch, H = heads, T = time,
+hs = head size.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ShapeError
 from .ops import dropout, embedding, gelu, relu, sigmoid, tanh  # noqa: F401  (re-exported)
-from .tensor import Tensor
+from .tensor import Function, Tensor
+
+
+class KernelOp(Function):
+    """One kernel call as one graph node.
+
+    ``KernelOp.apply(*args, kernel=name, grad_args=idx, **options)``: ``args[i]`` for i in
+    ``grad_args`` are the kernel's differentiable inputs (Tensors or arrays); the others are
+    passed through (targets, masks; ``None`` allowed). Float inputs are brought to one dtype
+    (NumPy promotion, as the primitive ops do) and each gradient is returned in its input's
+    dtype. A kernel with several outputs (additive attention's ``(c, alpha)``) has them
+    packed side by side along the last axis, since a graph node has one output; the caller
+    slices them apart, and backward splits the upstream gradient the same way.
+    """
+
+    @staticmethod
+    def forward(ctx, *arrays, kernel, grad_args, options):
+        k = kernels.get(kernel)
+        floats = [arrays[i] for i in grad_args if arrays[i] is not None]
+        dt = np.result_type(*floats) if floats else None
+        args = list(arrays)
+        for i in grad_args:
+            if args[i] is not None and args[i].dtype != dt:
+                args[i] = args[i].astype(dt)
+        out, cache = k.forward(*args, **options)
+        ctx.kernel, ctx.cache, ctx.grad_args, ctx.widths = k, cache, grad_args, None
+        if isinstance(out, tuple):
+            ctx.widths = [o.shape[-1] for o in out]
+            out = np.concatenate(out, axis=-1)
+        ctx.dtypes = [a.dtype if isinstance(a, np.ndarray) else None for a in arrays]
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        if ctx.widths is not None:
+            dout = tuple(np.split(dout, np.cumsum(ctx.widths)[:-1], axis=-1))
+        grads = ctx.kernel.backward(dout, ctx.cache)
+        result = [None] * len(ctx.dtypes)
+        for i, g in zip(ctx.grad_args, grads):
+            if g is not None and ctx.needs_input_grad[i]:
+                result[i] = g if g.dtype == ctx.dtypes[i] else g.astype(ctx.dtypes[i])
+        return tuple(result)
+
+
+def _kernel(name, *args, grad_args, **options):
+    return KernelOp.apply(*args, kernel=name, grad_args=tuple(grad_args), options=options)
+
+
+def _tensor(x, op, what):
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
+        return Tensor(x)
+    raise TypeError(f"{op}: {what} must be a Tensor or an array, got {type(x).__name__}")
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``. Subtracting the (detached) max changes
-    nothing mathematically and keeps exp from overflowing."""
-    m = x.max(axis=axis, keepdims=True).detach()
-    e = (x - m).exp()
-    return e / e.sum(axis=axis, keepdims=True)
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (the ``softmax`` kernel). A row that
+    is entirely -inf gives zeros."""
+    x = _tensor(x, "softmax", "x")
+    if x.ndim == 0:
+        raise ShapeError("softmax: x must have at least one axis, got a 0-d tensor")
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"softmax: axis {axis} is out of range for a {x.ndim}-d tensor")
+    axis %= x.ndim
+    if axis == x.ndim - 1:
+        return _kernel("softmax", x, grad_args=(0,))
+    perm = tuple(i for i in range(x.ndim) if i != axis) + (axis,)
+    inv = tuple(np.argsort(perm))
+    return _kernel("softmax", x.transpose(perm), grad_args=(0,)).transpose(inv)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -29,47 +97,31 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
-    """Mean negative log-likelihood of ``targets`` under softmax(logits).
+    """Mean negative log-likelihood of ``targets`` under softmax(logits) (the fused
+    ``cross_entropy`` kernel: log-softmax and NLL in one pass, backward without a softmax).
 
     logits (N, V); targets int (N,). Rows whose target equals ``ignore_index`` are left out of
     the sum and of the count. If every row is ignored the loss is 0 (with zero gradient), not
-    the NaN of 0/0.
+    the NaN of 0/0. A target outside [0, V) raises IndexError.
     """
+    logits = _tensor(logits, "cross_entropy", "logits")
     t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
-    if logits.ndim != 2:
-        raise ShapeError(f"cross_entropy: logits must be (N, V), got {logits.shape}")
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: targets must be integers, got {t.dtype}")
-    N, V = logits.shape
-    if t.shape != (N,):
-        raise ShapeError(f"cross_entropy: targets shape {t.shape} does not match logits "
-                         f"{logits.shape}; expected ({N},)")
-    keep = t != ignore_index
-    bad = keep & ((t < 0) | (t >= V))
-    if bad.any():
-        raise IndexError(f"cross_entropy: target {t[bad][0]} is out of range for {V} classes "
-                         f"(ignore_index={ignore_index})")
-    rows = np.nonzero(keep)[0]
-    if rows.size == 0:
-        return (logits * 0.0).sum()
-    logp = log_softmax(logits, axis=-1)                      # (N, V)
-    picked = logp[rows, t[rows]]                             # (n_kept,)
-    return -picked.sum() / float(rows.size)
+    return _kernel("cross_entropy", logits, t, grad_args=(0,), ignore_index=ignore_index)
 
 
-def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; weight, bias (C,)."""
-    C = x.shape[-1]
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+               eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; weight, bias (C,)
+    (the ``layernorm`` kernel). ``weight``/``bias`` may be None (no scale / no shift)."""
+    x = _tensor(x, "layer_norm", "x")
+    C = x.shape[-1] if x.ndim else 0
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (C,):
-            raise ShapeError(f"layer_norm: {name} shape {p.shape} does not match the last "
-                             f"dimension of x {x.shape}")
-    mu = x.mean(axis=-1, keepdims=True)                      # (..., 1)
-    xc = x - mu
-    var = (xc * xc).mean(axis=-1, keepdims=True)             # (..., 1)
-    xhat = xc / (var + eps).sqrt()
-    out = xhat * weight if weight is not None else xhat
-    return out + bias if bias is not None else out
+            raise ShapeError(f"layer_norm: {name} shape {tuple(p.shape)} does not match the "
+                             f"last dimension of x {x.shape}")
+    w = weight if weight is not None else np.ones(C, x.dtype)
+    b = bias if bias is not None else np.zeros(C, x.dtype)
+    return _kernel("layernorm", x, w, b, grad_args=(0, 1, 2), eps=eps)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -79,9 +131,53 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def mlp(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
-    """GELU(x @ W1 + b1) @ W2 + b2, tanh GELU."""
-    return linear(gelu(linear(x, W1, b1)), W2, b2)
+    """GELU(x @ W1 + b1) @ W2 + b2 with the tanh GELU (the fused ``mlp`` kernel).
+    x (..., C), W1 (C, Hd), b1 (Hd,), W2 (Hd, C_out), b2 (C_out,)."""
+    x = _tensor(x, "mlp", "x")
+    if x.ndim == 2:
+        return _kernel("mlp", x, W1, b1, W2, b2, grad_args=range(5))
+    if x.ndim < 1:
+        raise ShapeError(f"mlp: x must be (..., C), got shape {x.shape}")
+    lead = x.shape[:-1]
+    y = _kernel("mlp", x.reshape((-1, x.shape[-1])), W1, b1, W2, b2, grad_args=range(5))
+    return y.reshape(lead + (y.shape[-1],))
 
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "linear", "mlp", "gelu",
-           "relu", "sigmoid", "tanh", "dropout", "embedding"]
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
+                                 scale: float | None = None) -> Tensor:
+    """softmax(q k^T * scale [+ causal mask]) v over the time axis (the ``attention`` kernel:
+    flash-style tiles in the Numba version, never the whole T x T matrix).
+    q, k, v (B, H, T, hs) -> (B, H, T, hs); scale defaults to 1/sqrt(hs)."""
+    return _kernel("attention", q, k, v, grad_args=(0, 1, 2), causal=causal, scale=scale)
+
+
+def additive_attention(h: Tensor, x: Tensor, W_q: Tensor, W_k: Tensor, v_a: Tensor,
+                       mask=None):
+    """The document's eq. 4.2 (the ``additive_attention`` kernel)::
+
+        e_i = v_a . tanh(h @ W_q + x_i @ W_k)      (4.2b)
+        alpha = softmax_i(e)                       (4.2a), over positions where mask is True
+        c = sum_i alpha_i x_i                      (the context vector)
+
+    h (B, Dh), x (B, S, Dx), W_q (Dh, A), W_k (Dx, A), v_a (A,), mask bool (B, S) or None.
+    Returns ``(c, alpha)``: c (B, Dx), alpha (B, S); a fully masked row gives zeros. Both
+    outputs are differentiable.
+    """
+    h = _tensor(h, "additive_attention", "h")
+    m = mask.data if isinstance(mask, Tensor) else mask
+    both = _kernel("additive_attention", h, x, W_q, W_k, v_a, m, grad_args=range(5))
+    Dx = x.shape[-1]
+    return both[:, :Dx], both[:, Dx:]
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int,
+                     scale: float | None = None) -> Tensor:
+    """One new query against a KV cache (the ``decode_attention`` kernel): q (B, H, 1, hs),
+    k_cache and v_cache (B, H, Lmax, hs) of which the first ``length`` positions are valid."""
+    return _kernel("decode_attention", q, k_cache, v_cache, grad_args=(0, 1, 2),
+                   length=length, scale=scale)
+
+
+__all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "linear", "mlp",
+           "scaled_dot_product_attention", "additive_attention", "decode_attention", "gelu",
+           "relu", "sigmoid", "tanh", "dropout", "embedding", "KernelOp"]

@@ -118,7 +118,7 @@ if HAVE_NUMBA:
     _ZERO = np.float32(0.0)
     _INF = np.float32(np.inf)
 
-    @numba.njit(cache=True, inline="always")
+    @numba.njit(cache=True)
     def _exp32(x):
         # clamp first: converting inf or NaN to int is undefined in LLVM
         xc = x if x < _HI else _HI
@@ -134,13 +134,13 @@ if HAVE_NUMBA:
         y = _ZERO if x < _LO else y
         return x if x != x else y
 
-    @overload(fexp, inline="always")
+    @overload(fexp)
     def _fexp_ov(x):
         if x == types.float32:
             return lambda x: _exp32(x)
         return lambda x: math.exp(x)
 
-    @overload(ftanh, inline="always")
+    @overload(ftanh)
     def _ftanh_ov(x):
         if x == types.float32:
             def impl(x):
@@ -152,21 +152,21 @@ if HAVE_NUMBA:
             return impl
         return lambda x: math.tanh(x)
 
-    @overload(neg_inf, inline="always")
+    @overload(neg_inf)
     def _neg_inf_ov(x):
         dt = getattr(x, "dtype", x)
         if dt == types.float32:
             return lambda x: np.float32(-np.inf)
         return lambda x: -np.inf
 
-    @overload(zero, inline="always")
+    @overload(zero)
     def _zero_ov(x):
         dt = getattr(x, "dtype", x)
         if dt == types.float32:
             return lambda x: np.float32(0.0)
         return lambda x: 0.0
 
-    @overload(one, inline="always")
+    @overload(one)
     def _one_ov(x):
         dt = getattr(x, "dtype", x)
         if dt == types.float32:

@@ -97,7 +97,7 @@ def _softmax_rows(x, y, nchunks):
             for j in range(nv, V):
                 s += out[j]
             # 3. normalise
-            inv = one(x) / s if s > zero(x) else zero(x)
+            inv = one(x) / s if s != zero(x) else zero(x)      # NaN stays NaN
             for j in range(V):
                 out[j] = out[j] * inv
 

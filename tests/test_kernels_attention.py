@@ -1,0 +1,422 @@
+"""attention and decode_attention kernels: every fast implementation against the reference,
+the reference against an explicit loop and against central differences, and the awkward
+cases (T=1, T one past a tile, odd and extreme head sizes, huge scores, causality,
+determinism, non-contiguous inputs, bad input).
+
+Tolerances, relative to the largest reference value: float64 1e-10, float32 1e-5. The Numba
+versions sum in another order (64-wide tiles, an online softmax that rescales partial sums,
+BLAS blocking) and scale q before the product, and their float32 exp is within 1 ulp; that
+costs a few ulp per reduction, ~1e-6 at hs=256, and ~1e-15 in float64. With scores of
++-1e4 a float32 score carries an absolute error of ~1e-3 (ulp(1e4)), which moves near-tied
+softmax weights by ~1e-3 relative, so that test allows 5e-3 in float32.
+"""
+import zlib
+
+import numpy as np
+import pytest
+
+import tinyllm as tl
+from tinyllm.errors import ShapeError
+from tinyllm.kernels import decode_attention as dec_mod
+
+A, DEC = "attention", "decode_attention"
+IMPLS = tl.kernels.available(A)
+FAST = [i for i in IMPLS if i != "numpy"]            # compared against the reference
+DEC_IMPLS = tl.kernels.available(DEC)
+DEC_FAST = [i for i in DEC_IMPLS if i != "numpy"]
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-10}
+
+# (B, H, T, hs): T=1; T = tile + 1 with odd hs; hs=1; hs=256 at small T; several tiles, B>1
+SHAPES = [(1, 1, 1, 3), (2, 3, 65, 17), (1, 2, 64, 1), (1, 1, 40, 256), (2, 2, 130, 32)]
+
+
+def rel(a, b):
+    b = np.asarray(b, np.float64)
+    return np.max(np.abs(np.asarray(a, np.float64) - b)) / max(np.max(np.abs(b)), 1e-30)
+
+
+def qkv(rng, shape, dtype, q_scale=1.0):
+    q, k, v = (rng.standard_normal(shape) for _ in range(3))
+    return (q * q_scale).astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+def seed(*parts):
+    """A generator seeded by the test's parameters (crc32: str hashes vary per process)."""
+    return np.random.default_rng(zlib.crc32(repr(parts).encode()))
+
+
+# ---------------------------------------------------------------- attention
+
+def loop_oracle(q, k, v, causal):
+    """out and lse by explicit loops in float64, written independently of the kernels."""
+    B, H, T, hs = q.shape
+    out = np.zeros((B, H, T, hs))
+    lse = np.zeros((B, H, T))
+    for b, h, t in np.ndindex(B, H, T):
+        n = t + 1 if causal else T
+        s = [float(np.dot(q[b, h, t], k[b, h, j])) / np.sqrt(hs) for j in range(n)]
+        m = max(s)
+        w = [np.exp(x - m) for x in s]
+        z = sum(w)
+        out[b, h, t] = sum(wj * v[b, h, j] for j, wj in enumerate(w)) / z
+        lse[b, h, t] = m + np.log(z)
+    return out, lse
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 2, 7, 5)])
+def test_reference_matches_loop_oracle(shape, causal):
+    q, k, v = qkv(seed(shape, causal), shape, np.float64)
+    out, cache = tl.kernels.get(A, "numpy").forward(q, k, v, causal=causal)
+    o_want, lse_want = loop_oracle(q, k, v, causal)
+    assert rel(out, o_want) <= 1e-12
+    assert cache.lse.shape == shape[:3]
+    assert rel(cache.lse, lse_want) <= 1e-12
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference(impl, dtype, causal, shape):
+    rng = seed(shape, causal, dtype.__name__)
+    q, k, v = qkv(rng, shape, dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    ref, ker = tl.kernels.get(A, "numpy"), tl.kernels.get(A, impl)
+    o_r, c_r = ref.forward(q, k, v, causal=causal)
+    o, c = ker.forward(q, k, v, causal=causal)
+    assert o.dtype == dtype and o.shape == shape
+    assert c.lse.dtype == dtype and c.lse.shape == shape[:3]
+    assert rel(o, o_r) <= TOL[dtype]
+    assert rel(c.lse, c_r.lse) <= TOL[dtype]
+    for g, g_r in zip(ker.backward(dout, c), ref.backward(dout, c_r)):
+        assert g.dtype == dtype and g.shape == shape
+        assert rel(g, g_r) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_explicit_scale(impl):
+    q, k, v = qkv(seed("scale"), (1, 2, 70, 8), np.float64)
+    dout = seed("scale-dy").standard_normal(q.shape)
+    ref, ker = tl.kernels.get(A, "numpy"), tl.kernels.get(A, impl)
+    o_r, c_r = ref.forward(q, k, v, scale=0.7)
+    o, c = ker.forward(q, k, v, scale=0.7)
+    assert rel(o, o_r) <= 1e-10
+    o_d, _ = ref.forward(q, k, v)
+    assert rel(o_d, o_r) > 1e-3                         # the scale did change the result
+    for g, g_r in zip(ker.backward(dout, c), ref.backward(dout, c_r)):
+        assert rel(g, g_r) <= 1e-10
+
+
+def fd_error(kernel, arrays, extra, opts, rng, n=6, eps=1e-6):
+    """Largest |analytic - numeric| / (1 + |numeric|) over n random elements of each
+    differentiable input, for f = sum(forward(...) * dy) with a random dy (float64)."""
+    out, cache = kernel.forward(*arrays, *extra, **opts)
+    dy = rng.standard_normal(out.shape)
+    grads = kernel.backward(dy, cache)
+    worst = 0.0
+    for a, g in zip(arrays, grads):
+        assert g.shape == a.shape
+        for _ in range(n):
+            i = tuple(int(rng.integers(s)) for s in a.shape)
+            x0 = a[i]
+            a[i] = x0 + eps
+            fp = (kernel.forward(*arrays, *extra, **opts)[0] * dy).sum()
+            a[i] = x0 - eps
+            fm = (kernel.forward(*arrays, *extra, **opts)[0] * dy).sum()
+            a[i] = x0
+            num = (fp - fm) / (2 * eps)
+            worst = max(worst, abs(g[i] - num) / (1 + abs(num)))
+    return worst
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [(2, 2, 6, 3), (1, 1, 67, 4)])
+def test_backward_matches_central_differences(impl, causal, shape):
+    rng = seed("fd", impl, causal, shape)
+    arrays = list(qkv(rng, shape, np.float64))
+    assert fd_error(tl.kernels.get(A, impl), arrays, (), {"causal": causal}, rng) <= 1e-7
+
+
+def test_central_difference_check_can_fail():
+    """The finite-difference check above catches a slightly wrong backward (dk off by 1%)."""
+    ref = tl.kernels.get(A, "numpy")
+
+    def bad_backward(dout, cache):
+        dq, dk, dv = ref.backward(dout, cache)
+        return dq, dk * 1.01, dv
+    bad = tl.kernels.Kernel(A, "bad", ref.forward, bad_backward, ref.inputs)
+    rng = seed("fd-bad")
+    arrays = list(qkv(rng, (1, 2, 6, 3), np.float64))
+    assert fd_error(bad, arrays, (), {}, rng, n=12) > 1e-4
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huge_scores_stay_finite(impl, dtype):
+    shape = (1, 2, 70, 16)
+    rng = seed("huge", dtype.__name__)
+    q, k, v = qkv(rng, shape, np.float64)
+    s = np.abs(q @ k.swapaxes(-1, -2)).max() / 4.0      # scores are q.k / sqrt(16)
+    q, k, v = (q * (1e4 / s)).astype(dtype), k.astype(dtype), v.astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    ref, ker = tl.kernels.get(A, "numpy"), tl.kernels.get(A, impl)
+    o_r, c_r = ref.forward(q, k, v)
+    o, c = ker.forward(q, k, v)
+    grads = ker.backward(dout, c)
+    assert all(np.isfinite(a).all() for a in (o, c.lse, *grads))
+    tol = 5e-3 if dtype == np.float32 else 1e-9
+    assert rel(o, o_r) <= tol
+    assert rel(c.lse, c_r.lse) <= (1e-5 if dtype == np.float32 else 1e-12)
+    assert np.abs(c.lse).max() > 5e3                    # the scores really were huge
+    for g, g_r in zip(grads, ref.backward(dout, c_r)):
+        assert rel(g, g_r) <= tol
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_future_positions_do_not_change_the_past(impl, dtype, which):
+    shape = (2, 2, 130, 16)
+    rng = seed("causal", impl, dtype.__name__, which)
+    ker = tl.kernels.get(A, impl)
+    arrays = qkv(rng, shape, dtype)
+    out, cache = ker.forward(*arrays)
+    for t in (0, 62, 63, 64, 100, 128):                 # around the tile edges
+        changed = [a.copy() for a in arrays]
+        changed[which][:, :, t + 1:] = rng.standard_normal(shape)[:, :, t + 1:] * 5
+        out2, cache2 = ker.forward(*changed)
+        assert np.array_equal(out2[:, :, :t + 1], out[:, :, :t + 1])
+        assert np.array_equal(cache2.lse[:, :, :t + 1], cache.lse[:, :, :t + 1])
+        assert not np.array_equal(out2, out)           # the future did change
+    if which == 0:
+        return
+    # and non-causal attention does see future keys and values
+    changed = [a.copy() for a in arrays]
+    changed[which][:, :, 100:] += 1
+    assert not np.array_equal(ker.forward(*changed, causal=False)[0][:, :, :5],
+                              ker.forward(*arrays, causal=False)[0][:, :, :5])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deterministic(impl, dtype):
+    shape = (2, 3, 130, 16)
+    rng = seed("det", dtype.__name__)
+    q, k, v = qkv(rng, shape, dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    ker = tl.kernels.get(A, impl)
+    runs = []
+    for _ in range(2):
+        o, c = ker.forward(q, k, v)
+        runs.append((o, c.lse) + tuple(ker.backward(dout, c)))
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_inputs(impl, dtype):
+    B, T, H, hs = 2, 70, 3, 8
+    rng = seed("nc", dtype.__name__)
+    # (B, T, H, hs) as a model's projections produce them, viewed as (B, H, T, hs)
+    q, k, v = (rng.standard_normal((B, T, H, hs)).astype(dtype).transpose(0, 2, 1, 3)
+               for _ in range(3))
+    dout = rng.standard_normal((B, T, H, hs)).astype(dtype).transpose(0, 2, 1, 3)
+    assert not q.flags.c_contiguous and not dout.flags.c_contiguous
+    ker = tl.kernels.get(A, impl)
+    o, c = ker.forward(q, k, v)
+    qc, kc, vc = (np.ascontiguousarray(a) for a in (q, k, v))
+    o_c, c_c = ker.forward(qc, kc, vc)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert rel(o, o_c) <= tol
+    for g, g_c in zip(ker.backward(dout, c), ker.backward(np.ascontiguousarray(dout), c_c)):
+        assert rel(g, g_c) <= tol
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_input(impl):
+    ker = tl.kernels.get(A, impl)
+    x = np.zeros((1, 2, 5, 4), np.float32)
+    with pytest.raises(ShapeError, match="attention"):
+        ker.forward(x[0], x[0], x[0])                                  # 3-D
+    with pytest.raises(ShapeError, match="attention"):
+        ker.forward(x, x[:, :, :4], x)                                  # T differs
+    with pytest.raises(ShapeError, match="attention"):
+        ker.forward(x, x, x[..., :3])                                   # hs differs
+    with pytest.raises(ShapeError, match="attention"):
+        ker.forward(x[:, :, :0], x[:, :, :0], x[:, :, :0])              # T = 0
+    with pytest.raises(TypeError, match="attention"):
+        ker.forward(x.astype(np.int64), x.astype(np.int64), x.astype(np.int64))
+    with pytest.raises(TypeError, match="attention"):
+        ker.forward(x, x.astype(np.float64), x)                         # mixed dtypes
+    with pytest.raises(TypeError, match="attention"):
+        ker.forward(x.tolist(), x, x)
+    out, cache = ker.forward(x, x, x)
+    with pytest.raises(ShapeError, match="attention"):
+        ker.backward(np.zeros((1, 2, 5, 3), np.float32), cache)
+
+
+# ---------------------------------------------------------------- decode_attention
+
+# (B, H, Lmax, length, hs): the GPT generation size; a short prefix; length 1 with hs 1; odd
+DEC_SHAPES = [(1, 4, 128, 128, 32), (1, 4, 128, 17, 32), (1, 1, 5, 1, 1), (2, 3, 40, 33, 17)]
+
+
+def dec_inputs(rng, B, H, Lmax, hs, dtype, poison_from=None):
+    q = rng.standard_normal((B, H, 1, hs)).astype(dtype)
+    k, v = (rng.standard_normal((B, H, Lmax, hs)).astype(dtype) for _ in range(2))
+    if poison_from is not None:                  # positions past length must never be read
+        k[:, :, poison_from:] = np.nan
+        v[:, :, poison_from:] = np.nan
+    return q, k, v
+
+
+# the prange version (used for big batches) shares its per-head code with the serial one, so
+# float32 alone covers it and saves two compiles
+@pytest.mark.parametrize("dtype, parallel",
+                         [(np.float32, False), (np.float64, False), (np.float32, True)])
+@pytest.mark.parametrize("impl", DEC_FAST)
+@pytest.mark.parametrize("shape", DEC_SHAPES)
+def test_decode_matches_reference(impl, dtype, shape, parallel, monkeypatch):
+    if parallel:
+        monkeypatch.setattr(dec_mod, "_PARALLEL_WORK", 0)
+    B, H, Lmax, L, hs = shape
+    rng = seed("dec", shape, dtype.__name__)
+    q, k, v = dec_inputs(rng, B, H, Lmax, hs, dtype)
+    dout = rng.standard_normal((B, H, 1, hs)).astype(dtype)
+    ref, ker = tl.kernels.get(DEC, "numpy"), tl.kernels.get(DEC, impl)
+    o_r, c_r = ref.forward(q, k, v, L)
+    o, c = ker.forward(q, k, v, L)
+    assert o.dtype == dtype and o.shape == (B, H, 1, hs)
+    assert c.lse.dtype == dtype and c.lse.shape == (B, H, 1)
+    assert rel(o, o_r) <= TOL[dtype]
+    assert rel(c.lse, c_r.lse) <= TOL[dtype]
+    grads = ker.backward(dout, c)
+    for g, g_r, a in zip(grads, ref.backward(dout, c_r), (q, k, v)):
+        assert g.dtype == dtype and g.shape == a.shape
+        assert rel(g, g_r) <= TOL[dtype]
+    for g in grads[1:]:
+        assert (g[:, :, L:] == 0).all()
+    assert (grads[2][:, :, :L] != 0).all()              # dv_s = P_s dO (dk is 0 when L=1)
+
+
+@pytest.mark.parametrize("impl", DEC_IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_is_the_last_row_of_full_attention(impl, dtype):
+    B, H, Lmax, L, hs = 2, 3, 90, 70, 8
+    rng = seed("dec-full", dtype.__name__)
+    q, k, v = dec_inputs(rng, B, H, Lmax, hs, dtype, poison_from=L)
+    o, c = tl.kernels.get(DEC, impl).forward(q, k, v, L)
+    assert np.isfinite(o).all()
+    # full (non-causal) attention over the first L keys, with q as the last query
+    Q = rng.standard_normal((B, H, L, hs)).astype(dtype)
+    Q[:, :, -1] = q[:, :, 0]
+    o_full, c_full = tl.kernels.get(A, "numpy").forward(Q, k[:, :, :L], v[:, :, :L],
+                                                        causal=False)
+    assert rel(o, o_full[:, :, -1:]) <= TOL[dtype]
+    assert rel(c.lse, c_full.lse[:, :, -1:]) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("impl", DEC_IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_is_row_t_of_causal_attention(impl, dtype):
+    B, H, T, hs, Lmax = 1, 4, 70, 16, 80
+    rng = seed("dec-causal", dtype.__name__)
+    q, k, v = qkv(rng, (B, H, T, hs), dtype)
+    # causal attention with the fast kernel where there is one: the two must agree
+    attn = tl.kernels.get(A, impl if impl in IMPLS else "numpy")
+    out, cache = attn.forward(q, k, v, causal=True)
+    ker = tl.kernels.get(DEC, impl)
+    kc = np.full((B, H, Lmax, hs), np.nan, dtype)
+    vc = np.full((B, H, Lmax, hs), np.nan, dtype)
+    for t in range(T):                                  # a generation loop filling the cache
+        kc[:, :, t], vc[:, :, t] = k[:, :, t], v[:, :, t]
+        if t in (0, 1, 31, 63, 64, 69):
+            o, c = ker.forward(q[:, :, t:t + 1], kc, vc, t + 1)
+            assert rel(o, out[:, :, t:t + 1]) <= TOL[dtype]
+            assert rel(c.lse, cache.lse[:, :, t:t + 1]) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("impl", DEC_IMPLS)
+@pytest.mark.parametrize("L", [1, 9, 12])
+def test_decode_backward_matches_central_differences(impl, L):
+    rng = seed("dec-fd", impl, L)
+    arrays = list(dec_inputs(rng, 2, 2, 12, 5, np.float64))
+    ker = tl.kernels.get(DEC, impl)
+    assert fd_error(ker, arrays, (L,), {}, rng, n=10) <= 1e-7
+
+
+@pytest.mark.parametrize("impl", DEC_IMPLS)
+def test_decode_huge_scores_and_non_contiguous(impl):
+    rng = seed("dec-huge")
+    B, H, Lmax, L, hs = 1, 3, 30, 25, 16
+    q, k, v = dec_inputs(rng, B, H, Lmax, hs, np.float64)
+    q *= 1e4 / np.abs(q @ k.swapaxes(-1, -2)).max() * 4
+    ref, ker = tl.kernels.get(DEC, "numpy"), tl.kernels.get(DEC, impl)
+    o, c = ker.forward(q, k, v, L)
+    assert np.isfinite(o).all() and np.abs(c.lse).max() > 5e3
+    assert rel(o, ref.forward(q, k, v, L)[0]) <= 1e-9
+    # a cache laid out (B, Lmax, H, hs), viewed as (B, H, Lmax, hs)
+    kt = np.ascontiguousarray(k.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    vt = np.ascontiguousarray(v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    assert not kt.flags.c_contiguous
+    o2, c2 = ker.forward(q, kt, vt, L)
+    assert rel(o2, o) <= 1e-13
+    dout = rng.standard_normal(o.shape)
+    for g, g2 in zip(ker.backward(dout, c), ker.backward(dout, c2)):
+        assert rel(g2, g) <= 1e-13
+
+
+@pytest.mark.parametrize("impl", DEC_IMPLS)
+def test_decode_bad_input(impl):
+    ker = tl.kernels.get(DEC, impl)
+    q = np.zeros((1, 2, 1, 4), np.float32)
+    kc = np.zeros((1, 2, 8, 4), np.float32)
+    with pytest.raises(ShapeError, match="decode_attention"):
+        ker.forward(np.zeros((1, 2, 2, 4), np.float32), kc, kc, 3)     # two queries
+    with pytest.raises(ShapeError, match="decode_attention"):
+        ker.forward(q[0], kc, kc, 3)                                    # 3-D q
+    with pytest.raises(ShapeError, match="decode_attention"):
+        ker.forward(q, kc, kc[:, :, :7], 3)                             # k, v differ
+    with pytest.raises(ShapeError, match="decode_attention"):
+        ker.forward(q, kc[..., :3], kc[..., :3], 3)                     # hs differs
+    with pytest.raises(ShapeError, match="decode_attention"):
+        ker.forward(q, kc[:, :1], kc[:, :1], 3)                         # H differs
+    with pytest.raises(TypeError, match="decode_attention"):
+        ker.forward(q, kc.astype(np.float64), kc, 3)
+    with pytest.raises(TypeError, match="decode_attention"):
+        ker.forward(q.astype(np.int32), kc.astype(np.int32), kc.astype(np.int32), 3)
+    for bad in (0, -1, 9):
+        with pytest.raises(ValueError, match="decode_attention"):
+            ker.forward(q, kc, kc, bad)
+    for bad in (2.0, True, None):
+        with pytest.raises(TypeError, match="decode_attention"):
+            ker.forward(q, kc, kc, bad)
+    o, c = ker.forward(q, kc, kc, np.int64(8))                          # NumPy ints are fine
+    with pytest.raises(ShapeError, match="decode_attention"):
+        ker.backward(np.zeros((1, 2, 2, 4), np.float32), c)
+
+
+# ---------------------------------------------------------------- PyTorch oracle
+
+@pytest.mark.torch
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_matches_torch_sdpa(impl, causal):
+    torch = pytest.importorskip("torch")
+    shape = (2, 3, 70, 16)
+    rng = seed("torch", impl, causal)
+    q, k, v = qkv(rng, shape, np.float64)
+    dout = rng.standard_normal(shape)
+    ker = tl.kernels.get(A, impl)
+    o, c = ker.forward(q, k, v, causal=causal)
+    grads = ker.backward(dout, c)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    to = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+    to.backward(torch.tensor(dout))
+    assert rel(o, to.detach().numpy()) <= 1e-10
+    for g, t in zip(grads, (tq, tk, tv)):
+        assert rel(g, t.grad.numpy()) <= 1e-10

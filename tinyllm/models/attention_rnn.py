@@ -1,0 +1,276 @@
+"""The document's model (sections 4.1-4.2): an autoregressive RNN with attention, as
+DESIGN.md section 1 pins it down.
+
+Per position t = 0, 1, ..., T-1 of a token sequence ``idx`` (0-based here; the document
+counts from 1, so its h_0 is our state before position 0):
+
+    x_i      = wte[idx_i] + wpe[i]                       token + position embedding (De)
+    e_{t,i}  = v_a . tanh(h_{t-1} W_q + x_i W_k)         (4.2b) additive score, i <= t
+    a_{t,i}  = exp(e_{t,i}) / sum_{j<=t} exp(e_{t,j})    (4.2a) causal softmax
+    c_t      = sum_{i<=t} a_{t,i} x_i                    context vector (De)
+    h_t      = tanh(GELU([c_t; h_{t-1}; x_t] W_1 + b_1) W_2 + b_2)    (4.1a), h_{-1} = 0
+    g_t      = GELU(h_t W_f + b_f)                       (4.1b) f = one feed-forward layer
+    y_t      = Softmax(g_t W_o + b_o)                    (4.1c) next-token distribution
+
+``logits[:, t]`` (= g_t W_o + b_o; the loss applies the softmax through cross-entropy)
+predicts token t+1. Choices the document leaves open, fixed here:
+
+- The query is h_{t-1}, not h_t, because h_t depends on a_t (Bahdanau; DESIGN.md §1).
+- x_i are at once the keys and the values, and the key set at step t is x_0..x_t: the
+  current token is visible to its own attention, the future is not.
+- The MLP of (4.1a) has one hidden layer (width ``d_mlp``, GELU) and a tanh output, so h
+  stays in [-1, 1] along the recurrence like a classic RNN state.
+- f of (4.1b) is one GELU layer of width ``d_ff``; the document's ``Softmax(f(g_t))`` is
+  read as an output projection W_o, b_o applied to g_t.
+- ``score`` picks the Attention function of (4.2b):
+    "additive"  v_a . tanh(h W_q + x_i W_k)   W_q (Dh, A), W_k (De, A), v_a (A,)  the default
+    "general"   h W_a x_i^T                   W_a (Dh, De)                        (Luong)
+    "dot"       (h W_q) . (x_i W_k) / sqrt(A) W_q (Dh, A), W_k (De, A): scaled dot product of
+                                              projections (as in a transformer head), so it
+                                              works whatever Dh and De are
+  ``d_attn`` (A) is unused by "general".
+- ``attention=False`` is the ablation: the same RNN with c_t removed from (4.1a), so its
+  MLP input is [h_{t-1}; x_t] (W_1 has De fewer rows) and it has no attention parameters.
+
+Parameter names follow the document's symbols: ``wte``, ``wpe``, ``W_q``, ``W_k``, ``v_a``
+(or ``W_a``), ``W_1``, ``b_1``, ``W_2``, ``b_2`` (the MLP of 4.1a), ``W_f``, ``b_f`` (f of
+4.1b), ``W_o``, ``b_o`` (4.1c). Weight layout (in, out): y = x @ W + b.
+
+The loop over t is Python; each step is a handful of graph nodes on (B, ...) arrays: one
+fused ``additive_attention`` kernel over the keys x_0..x_t, one concat, one fused ``mlp``
+kernel and one tanh. The whole sequence costs O(T^2) for the attention, fine for T <= ~50.
+After a forward, ``last_alpha`` holds the attention weights (B, T, T) as an ndarray: row t
+is a_{t, .}, zeros above the diagonal.
+
+Generation needs no recomputation: ``init_state(B)`` and ``step(state, tokens)`` advance the
+recurrence one token at a time (the RNN's own "KV cache" is h plus the x_i seen so far).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import autograd as ag
+from ..autograd import Tensor, no_grad
+from ..autograd import functional as F
+from ..errors import ShapeError
+from ..nn import Module, Parameter
+
+__all__ = ["AttentionRNN", "SCORES"]
+
+SCORES = ("additive", "general", "dot")
+IGNORE_INDEX = -100       # the targets that the loss skips (tinyllm.data.tasks.IGNORE_INDEX)
+
+
+class AttentionRNN(Module):
+    """The document's autoregressive attention RNN (equations 4.1a-c, 4.2a-b).
+
+    ``AttentionRNN(vocab_size, max_len, d_embed, d_hidden, d_attn, score="additive",
+    attention=True, seed=0, dtype=np.float32, d_mlp=None, d_ff=None)``
+
+    ``max_len`` is the longest sequence (the number of position embeddings); ``d_mlp`` (the
+    hidden width of the MLP of 4.1a) and ``d_ff`` (the width of f in 4.1b) default to
+    ``d_hidden``. The same ``seed`` gives bitwise the same weights.
+
+    ``model(idx, targets=None) -> (logits (B, T, V), loss or None)``, the GPT convention;
+    targets equal to -100 are left out of the mean cross-entropy.
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, d_embed: int = 64, d_hidden: int = 64,
+                 d_attn: int = 64, score: str = "additive", attention: bool = True,
+                 seed: int = 0, dtype=np.float32, d_mlp: int | None = None,
+                 d_ff: int | None = None):
+        super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"AttentionRNN: score must be one of {SCORES}, got {score!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"AttentionRNN: dtype must be float32 or float64, got {dtype}")
+        d_mlp = d_hidden if d_mlp is None else d_mlp
+        d_ff = d_hidden if d_ff is None else d_ff
+        for name, v in (("vocab_size", vocab_size), ("max_len", max_len), ("d_embed", d_embed),
+                        ("d_hidden", d_hidden), ("d_attn", d_attn), ("d_mlp", d_mlp),
+                        ("d_ff", d_ff)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"AttentionRNN: {name} must be an int >= 1, got {v!r}")
+        self.vocab_size, self.max_len = int(vocab_size), int(max_len)
+        self.d_embed, self.d_hidden, self.d_attn = int(d_embed), int(d_hidden), int(d_attn)
+        self.d_mlp, self.d_ff = int(d_mlp), int(d_ff)
+        self.score, self.attention, self.seed = score, bool(attention), seed
+        self.last_alpha = None
+
+        rng = np.random.default_rng(seed)
+
+        def init(*shape, std=None):
+            # N(0, 1/fan_in): keeps each pre-activation at unit scale; biases start at zero
+            std = 1.0 / math.sqrt(shape[0]) if std is None else std
+            return Parameter((rng.standard_normal(shape) * std).astype(dtype))
+
+        def zeros(n):
+            return Parameter(np.zeros(n, dtype))
+
+        De, Dh, A = self.d_embed, self.d_hidden, self.d_attn
+        self.wte = init(vocab_size, De, std=1.0 / math.sqrt(De))   # token embeddings
+        self.wpe = init(max_len, De, std=1.0 / math.sqrt(De))      # position embeddings
+        if self.attention:
+            if score in ("additive", "dot"):
+                self.W_q = init(Dh, A)                             # query  h_{t-1} W_q
+                self.W_k = init(De, A)                             # keys   x_i W_k
+                if score == "additive":
+                    self.v_a = init(A)                             # (4.2b) v_a . tanh(...)
+            else:
+                self.W_a = init(Dh, De)                            # (4.2b) h W_a x_i^T
+        d_in = (De if self.attention else 0) + Dh + De             # [c_t;] h_{t-1}; x_t
+        self.W_1, self.b_1 = init(d_in, d_mlp), zeros(d_mlp)       # (4.1a) MLP, hidden layer
+        self.W_2, self.b_2 = init(d_mlp, Dh), zeros(Dh)            # (4.1a) MLP, output -> h_t
+        self.W_f, self.b_f = init(Dh, d_ff), zeros(d_ff)           # (4.1b) f
+        self.W_o, self.b_o = init(d_ff, vocab_size), zeros(vocab_size)   # (4.1c)
+
+    @property
+    def dtype(self):
+        return self.wte.dtype
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, max_len={self.max_len}, d_embed={self.d_embed}, "
+                f"d_hidden={self.d_hidden}, d_attn={self.d_attn}, d_mlp={self.d_mlp}, "
+                f"d_ff={self.d_ff}, score={self.score!r}, attention={self.attention}")
+
+    def __repr__(self):
+        return f"AttentionRNN({self.extra_repr()})"
+
+    # ------------------------------------------------------------ the pieces of one step
+    def _check_idx(self, idx, what="idx") -> np.ndarray:
+        idx = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        if idx.ndim != 2 or idx.dtype.kind not in "iu":
+            raise ShapeError(f"AttentionRNN: {what} must be an int array (B, T), got "
+                             f"{idx.dtype} {idx.shape}")
+        B, T = idx.shape
+        if T < 1 or T > self.max_len:
+            raise ShapeError(f"AttentionRNN: sequence length T={T} must be in 1..max_len="
+                             f"{self.max_len}")
+        return idx
+
+    def _embed(self, idx: np.ndarray, start: int = 0) -> Tensor:
+        """x_i = wte[idx_i] + wpe[start + i]: (B, T) ints -> (B, T, De)."""
+        T = idx.shape[1]
+        return F.embedding(idx, self.wte) + self.wpe[start:start + T]
+
+    def _keys(self, x: Tensor):
+        """What the scores need from the keys, computed once per sequence: x W_k (B, T, A)
+        for "dot"; None otherwise (the additive kernel projects its keys itself)."""
+        if self.attention and self.score == "dot":
+            return x @ self.W_k
+        return None
+
+    def _attend(self, h: Tensor, keys: Tensor, kproj):
+        """(c_t, a_t) for the query h = h_{t-1} (B, Dh) over keys = x_0..x_t (B, S, De)."""
+        B, S, De = keys.shape
+        if self.score == "additive":
+            # (4.2b) e_i = v_a . tanh(h W_q + x_i W_k); (4.2a) a = softmax_i(e);
+            # c = sum_i a_i x_i: all three in the fused additive_attention kernel
+            return F.additive_attention(h, keys, self.W_q, self.W_k, self.v_a)
+        if self.score == "general":
+            q = (h @ self.W_a).reshape(B, De, 1)                   # h W_a        (B, De, 1)
+            e = (keys @ q).reshape(B, S)                           # (4.2b) h W_a x_i^T
+        else:
+            A = self.d_attn
+            q = (h @ self.W_q).reshape(B, A, 1)                    # h W_q        (B, A, 1)
+            e = (kproj @ q).reshape(B, S) * (1.0 / math.sqrt(A))   # (4.2b) q.k_i / sqrt(A)
+        alpha = F.softmax(e, axis=-1)                              # (4.2a)       (B, S)
+        c = (alpha.reshape(B, 1, S) @ keys).reshape(B, De)         # c = sum_i a_i x_i
+        return c, alpha
+
+    def _cell(self, c, h: Tensor, x_t: Tensor) -> Tensor:
+        """(4.1a) h_t = MLP([c_t; h_{t-1}; x_t]) = tanh(GELU(z W_1 + b_1) W_2 + b_2)."""
+        z = ag.concat([c, h, x_t] if c is not None else [h, x_t], axis=1)
+        return F.tanh(F.mlp(z, self.W_1, self.b_1, self.W_2, self.b_2))   # (4.1a)
+
+    def _readout(self, h: Tensor) -> Tensor:
+        """(4.1b) g = f(h) = GELU(h W_f + b_f), then (4.1c) logits = g W_o + b_o; the two
+        are one fused ``mlp`` kernel, GELU(h W_f + b_f) W_o + b_o."""
+        # (4.1b) g_t = GELU(h_t W_f + b_f); (4.1c) y_t = Softmax(g_t W_o + b_o), whose
+        # softmax is left to the loss (cross-entropy) and to sampling
+        return F.mlp(h, self.W_f, self.b_f, self.W_o, self.b_o)
+
+    # ------------------------------------------------------------ whole sequences
+    def forward(self, idx, targets=None):
+        """idx int (B, T), targets int (B, T) or None -> (logits (B, T, V), loss or None).
+
+        Sets ``self.last_alpha`` to the (B, T, T) attention weights (None without attention).
+        """
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        x = self._embed(idx)                                       # (B, T, De)
+        kproj = self._keys(x)
+        h = Tensor(np.zeros((B, self.d_hidden), self.dtype))       # h_{-1} = 0 (doc's h_0)
+        alpha_all = np.zeros((B, T, T), self.dtype) if self.attention else None
+        hs = []
+        for t in range(T):
+            x_t = x[:, t]                                          # (B, De)
+            c = None
+            if self.attention:
+                keys = x[:, :t + 1]                                # x_0..x_t: causal
+                kp = kproj[:, :t + 1] if kproj is not None else None
+                c, alpha = self._attend(h, keys, kp)               # (B, De), (B, t+1)
+                alpha_all[:, t, :t + 1] = alpha.data
+            h = self._cell(c, h, x_t)                              # (4.1a)
+            hs.append(h)
+        self.last_alpha = alpha_all
+        H = ag.stack(hs, axis=1)                                   # (B, T, Dh)
+        logits = self._readout(H)                                  # (B, T, V)
+        loss = None
+        if targets is not None:
+            tg = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+            if tg.shape != (B, T):
+                raise ShapeError(f"AttentionRNN: targets {tg.shape} must match idx {(B, T)}")
+            loss = F.cross_entropy(logits.reshape(B * T, self.vocab_size), tg.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def attention_weights(self, idx) -> np.ndarray:
+        """The (B, T, T) attention weights a_{t,i} for ``idx`` (row t: weights over i <= t,
+        zeros above), computed without a graph."""
+        if not self.attention:
+            raise ValueError("AttentionRNN.attention_weights: this model has attention=False")
+        with no_grad():
+            self.forward(idx)
+        return self.last_alpha
+
+    # ------------------------------------------------------------ one token at a time
+    def init_state(self, batch_size: int) -> dict:
+        """The recurrence's state before the first token: h_{-1} = 0 and no keys yet."""
+        B = int(batch_size)
+        return {"t": 0, "h": Tensor(np.zeros((B, self.d_hidden), self.dtype)),
+                "x": np.zeros((B, self.max_len, self.d_embed), self.dtype),
+                "kproj": (np.zeros((B, self.max_len, self.d_attn), self.dtype)
+                          if self.attention and self.score == "dot" else None)}
+
+    def step(self, state: dict, tokens) -> np.ndarray:
+        """Feed one token per row (``tokens`` int (B,)) at position ``state["t"]``; returns
+        the logits for the next token (B, V) and advances ``state`` in place. No graph is
+        recorded. ``step`` over a sequence gives the logits of ``forward`` on it (to rounding)."""
+        t = state["t"]
+        if t >= self.max_len:
+            raise ShapeError(f"AttentionRNN.step: position {t} is past max_len={self.max_len}")
+        tokens = np.asarray(tokens)
+        B = state["h"].shape[0]
+        if tokens.shape != (B,) or tokens.dtype.kind not in "iu":
+            raise ShapeError(f"AttentionRNN.step: tokens must be an int array ({B},), got "
+                             f"{tokens.dtype} {tokens.shape}")
+        tokens = tokens.reshape(B, 1)
+        with no_grad():
+            x_t = self._embed(tokens, start=t)                     # (B, 1, De)
+            state["x"][:, t] = x_t.data[:, 0]
+            c = None
+            if self.attention:
+                keys = Tensor(state["x"][:, :t + 1])
+                kp = None
+                if state["kproj"] is not None:
+                    state["kproj"][:, t] = self._keys(x_t).data[:, 0]
+                    kp = Tensor(state["kproj"][:, :t + 1])
+                c, _ = self._attend(state["h"], keys, kp)
+            h = self._cell(c, state["h"], x_t[:, 0])               # (4.1a)
+            logits = self._readout(h)                              # (4.1b), (4.1c)
+        state["h"], state["t"] = h, t + 1
+        return logits.data

@@ -1,0 +1,323 @@
+"""GPT: the decoder-only transformer, in GPT-2's layout and with GPT-2's parameter names.
+
+Legend: B = batch, T = time, C = n_embd, H = n_head, hs = C / H, V = vocab_size,
+L = n_layer, Lmax = a KV cache's length.
+
+    x      = wte[idx] + wpe[pos]                        (B, T, C)
+    x      = x + attn(ln_1(x)); x = x + mlp(ln_2(x))    L blocks (pre-norm)
+    logits = ln_f(x) @ wte^T                            (B, T, V)   head tied to wte
+
+Initialisation (GPT-2 / nanoGPT): every weight N(0, 0.02), except the two projections that
+write into the residual stream (``attn.c_proj.weight``, ``mlp.c_proj.weight``), which get
+N(0, 0.02 / sqrt(2 L)) so the residual's variance does not grow with depth; biases 0,
+LayerNorm weights 1. Everything is drawn in float64 from ``np.random.default_rng(seed)`` and
+cast, so a model is a function of (config, seed) and its float32 and float64 versions agree
+to rounding.
+
+Inference with a KV cache (``new_kv_cache``, ``prefill``, ``decode_step``) runs under
+``tl.no_grad()`` and keeps each layer's keys and values in preallocated arrays
+(B, H, Lmax, hs), so each new token costs one position's work instead of T positions'.
+
+Context longer than the model's window. ``wpe`` has ``block_size`` rows, so no position
+past ``block_size - 1`` exists. The forward pass refuses a longer ``idx`` (ShapeError);
+generation without a cache crops the context to its last ``block_size`` tokens each step,
+as nanoGPT does. With a cache, when the cache is full (Lmax positions) and a token arrives,
+the cache is *re-prefilled* with its last ``keep`` tokens followed by the new one, at
+positions 0..keep. With the defaults (Lmax = block_size, keep = block_size - 1) the new
+token therefore sees exactly the last block_size tokens at positions 0..block_size-1: the
+same context, positions and logits (to rounding) as the cropping path, at the price of one
+block_size-token prefill per token once the window is full (the cropping path's cost). A
+smaller ``keep`` re-prefills only once every Lmax - keep tokens (cheaper), but the context
+then shrinks to ``keep + 1`` tokens right after each refill, so from the first overflow on
+the two paths differ; so they do when Lmax < block_size. Shifting the cached keys instead
+(a sliding window) would be wrong: every cached key was computed from its token's
+absolute-position embedding, and cropping changes all of those positions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .. import kernels
+from ..autograd import Tensor, no_grad
+from ..autograd import functional as F
+from ..errors import ShapeError
+from ..nn import Block, Dropout, Embedding, LayerNorm, Module, ModuleList
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int          # V: number of token ids
+    block_size: int          # the longest context (rows of wpe)
+    n_layer: int             # L: transformer blocks
+    n_head: int              # H: attention heads per block
+    n_embd: int              # C: residual-stream width; must be a multiple of n_head
+    dropout: float = 0.0     # on embeddings and residual branches while training
+    bias: bool = True        # biases in Linear and LayerNorm layers (GPT-2: True)
+
+    def __post_init__(self):
+        for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"GPTConfig: {f} must be a positive int, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by "
+                             f"n_head ({self.n_head})")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, (bool, np.bool_)):
+            raise ValueError(f"GPTConfig: bias must be a bool, got {self.bias!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"GPTConfig.from_dict: unknown fields {', '.join(unknown)}")
+        missing = [f.name for f in fields(cls) if f.name not in d
+                   and f.name not in ("dropout", "bias")]
+        if missing:
+            raise ValueError(f"GPTConfig.from_dict: missing fields {', '.join(missing)}")
+        return cls(**d)
+
+
+class KVCache:
+    """Each layer's keys and values for incremental decoding, and the tokens they came from.
+
+    ``k[l]``, ``v[l]`` (B, H, Lmax, hs); ``tokens`` (B, Lmax); the first ``length``
+    positions are valid. ``keep`` is how many tokens a full cache re-prefills with (see the
+    module docstring); ``refills`` counts those re-prefills.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_size, dtype, keep):
+        shape = (batch_size, n_head, max_len, head_size)
+        self.k = [np.zeros(shape, dtype) for _ in range(n_layer)]
+        self.v = [np.zeros(shape, dtype) for _ in range(n_layer)]
+        self.tokens = np.zeros((batch_size, max_len), np.int64)
+        self.length = 0
+        self.keep = keep
+        self.refills = 0
+
+    batch_size = property(lambda self: self.tokens.shape[0])
+    max_len = property(lambda self: self.tokens.shape[1])
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def reorder(self, index) -> None:
+        """Rows of the batch gathered by ``index`` (B,) (beam search keeps the survivors)."""
+        index = np.asarray(index)
+        n = self.length
+        for a in self.k + self.v:
+            a[:, :, :n] = a[index, :, :n]
+        self.tokens[:, :n] = self.tokens[index, :n]
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k + self.v) + self.tokens.nbytes
+
+
+class _Transformer(Module):
+    """The container GPT-2's names go through: wte, wpe, drop, h, ln_f."""
+
+
+class GPT(Module):
+    """``GPT(cfg, seed=0, dtype=np.float32)``; ``model(idx, targets=None) -> (logits, loss)``."""
+
+    def __init__(self, cfg: GPTConfig, seed: int = 0, dtype=np.float32):
+        super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"GPT: cfg must be a GPTConfig, got {type(cfg).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"GPT: dtype must be float32 or float64, got {dtype}")
+        self.config = cfg
+        init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
+        rng = np.random.default_rng(init_seq)
+        # one Generator shared by every Dropout: save ``model.rng.bit_generator.state`` to
+        # resume training bitwise
+        self.rng = np.random.default_rng(drop_seq)
+        std, proj_std = 0.02, 0.02 / math.sqrt(2 * cfg.n_layer)
+        t = _Transformer()
+        t.wte = Embedding(cfg.vocab_size, cfg.n_embd, dtype, rng, std)
+        t.wpe = Embedding(cfg.block_size, cfg.n_embd, dtype, rng, std)
+        t.drop = Dropout(cfg.dropout, self.rng)
+        t.h = ModuleList(Block(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, dtype, rng,
+                               std, proj_std, self.rng) for _ in range(cfg.n_layer))
+        t.ln_f = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
+        self.transformer = t
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.transformer.wte.weight.dtype
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    # ------------------------------------------------------------ training forward
+    def forward(self, idx, targets=None):
+        """idx int (B, T), T <= block_size -> (logits (B, T, V) Tensor, loss or None).
+        ``targets`` int (B, T); positions holding -100 are left out of the mean loss."""
+        idx = self._check_idx(idx, "forward")
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ShapeError(f"GPT.forward: sequence length {T} exceeds block_size "
+                             f"{self.config.block_size}; crop idx to its last "
+                             f"{self.config.block_size} tokens")
+        x = self._trunk(idx, None)                                   # (B, T, C)
+        logits = self._head(x)                                       # (B, T, V)
+        loss = None
+        if targets is not None:
+            tg = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+            if tg.shape != (B, T) or tg.dtype.kind not in "iu":
+                raise ShapeError(f"GPT.forward: targets must be an int array of shape "
+                                 f"{(B, T)} like idx, got {tg.dtype} {tg.shape}")
+            V = self.config.vocab_size
+            loss = F.cross_entropy(logits.reshape((B * T, V)), tg.reshape(-1),
+                                   ignore_index=-100)
+        return logits, loss
+
+    def _check_idx(self, idx, op):
+        arr = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        if arr.ndim != 2 or arr.dtype.kind not in "iu":
+            raise ShapeError(f"GPT.{op}: idx must be an int array (B, T), got "
+                             f"{arr.dtype} {arr.shape}")
+        if arr.shape[1] < 1:
+            raise ShapeError(f"GPT.{op}: idx must hold at least one token, got {arr.shape}")
+        return arr
+
+    def _trunk(self, idx, cache, pos: int = 0) -> Tensor:
+        """Embeddings at absolute positions pos..pos+T-1, the blocks and ln_f: (B, T, C)."""
+        t = self.transformer
+        T = idx.shape[1]
+        tok = t.wte(idx)                                             # (B, T, C)
+        x = t.drop(tok + t.wpe.weight[pos:pos + T])                  # + (T, C) -> (B, T, C)
+        for i, block in enumerate(t.h):
+            x = block(x, None if cache is None else (cache.k[i], cache.v[i], pos))
+        return t.ln_f(x)
+
+    def _head(self, x: Tensor) -> Tensor:
+        """Tied output projection: x (..., C) @ wte^T (C, V) -> (..., V), as one GEMM."""
+        C, V = self.config.n_embd, self.config.vocab_size
+        lead = tuple(x.shape[:-1])
+        logits = x.reshape((-1, C)) @ self.transformer.wte.weight.T  # (N, C) @ (C, V)
+        return logits.reshape(lead + (V,))
+
+    # ------------------------------------------------------------ KV-cache inference
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None,
+                     keep: int | None = None) -> KVCache:
+        """Preallocated keys and values for ``batch_size`` sequences of up to ``max_len``
+        positions (default and maximum: block_size). ``keep`` (default max_len - 1, which
+        makes cached decoding agree with context cropping) is how many of the newest tokens
+        a full cache is re-prefilled with."""
+        cfg = self.config
+        max_len = cfg.block_size if max_len is None else max_len
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"GPT.new_kv_cache: batch_size must be a positive int, got "
+                             f"{batch_size!r}")
+        if not isinstance(max_len, (int, np.integer)) or not 1 <= max_len <= cfg.block_size:
+            raise ValueError(f"GPT.new_kv_cache: max_len must be in [1, block_size = "
+                             f"{cfg.block_size}], got {max_len!r}")
+        keep = max_len - 1 if keep is None else keep
+        if not isinstance(keep, (int, np.integer)) or not 0 <= keep < max_len:
+            raise ValueError(f"GPT.new_kv_cache: keep must be in [0, max_len = {max_len}), "
+                             f"got {keep!r}")
+        return KVCache(cfg.n_layer, int(batch_size), cfg.n_head, int(max_len),
+                       cfg.head_size, self.dtype, int(keep))
+
+    @no_grad()
+    def prefill(self, idx, cache: KVCache) -> np.ndarray:
+        """Empty ``cache`` and fill it with the prompt idx (B, T) (its last max_len tokens
+        when longer). Returns the logits (B, V) for the token after the prompt."""
+        idx = self._check_idx(idx, "prefill")
+        if idx.shape[0] != cache.batch_size:
+            raise ShapeError(f"GPT.prefill: idx has batch {idx.shape[0]} but the cache was "
+                             f"made for {cache.batch_size}")
+        idx = idx[:, -cache.max_len:]
+        T = idx.shape[1]
+        cache.reset()
+        x = self._trunk(idx, cache, 0)                               # (B, T, C)
+        cache.tokens[:, :T] = idx
+        cache.length = T
+        return self._head(x[:, -1]).data                             # (B, C) -> (B, V)
+
+    @no_grad()
+    def decode_step(self, idx_new, cache: KVCache) -> np.ndarray:
+        """Append one token per sequence, idx_new (B,) or (B, 1), at the next absolute
+        position; returns the logits (B, V) for the token after it. A full cache is first
+        re-prefilled with its last ``cache.keep`` tokens (module docstring)."""
+        new = np.asarray(idx_new.data if isinstance(idx_new, Tensor) else idx_new)
+        B = cache.batch_size
+        if new.shape not in ((B,), (B, 1)) or new.dtype.kind not in "iu":
+            raise ShapeError(f"GPT.decode_step: idx_new must be an int array (B,) or (B, 1) "
+                             f"with B = {B}, got {new.dtype} {new.shape}")
+        new = new.reshape(B, 1)
+        if cache.length == cache.max_len:       # full: re-prefill the last keep tokens + new
+            cache.refills += 1
+            kept = cache.tokens[:, cache.max_len - cache.keep:]
+            return self.prefill(np.concatenate([kept, new], axis=1), cache)
+        if cache.length == 0:
+            return self.prefill(new, cache)
+        pos = cache.length
+        logits = self._decode_arrays(new[:, 0], cache, pos)          # (B, V)
+        cache.tokens[:, pos] = new[:, 0]
+        cache.length = pos + 1
+        return logits
+
+    def _decode_arrays(self, new: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
+        """One token per sequence through every block, on plain arrays: the same equations
+        as ``_trunk`` + ``_head`` for T = 1 (inference only: no dropout, no graph). Each
+        token is a few dozen small NumPy calls and one ``decode_attention`` kernel per layer;
+        through Tensors it was ~100 graph ops per token, which dominated decoding."""
+        cfg, t = self.config, self.transformer
+        B, C, H = new.shape[0], cfg.n_embd, cfg.n_head
+        attend = kernels.get("decode_attention").forward
+        x = t.wte.weight.data[new] + t.wpe.weight.data[pos]          # (B, C)
+        for i, blk in enumerate(t.h):
+            a = blk.attn
+            qkv = _linear(_layer_norm(x, blk.ln_1), a.c_attn)        # (B, 3C)
+            q = qkv[:, :C].reshape(B, H, 1, C // H)
+            cache.k[i][:, :, pos] = qkv[:, C:2 * C].reshape(B, H, C // H)
+            cache.v[i][:, :, pos] = qkv[:, 2 * C:].reshape(B, H, C // H)
+            y, _ = attend(q, cache.k[i], cache.v[i], pos + 1)        # (B, H, 1, hs)
+            x = x + _linear(y.reshape(B, C), a.c_proj)
+            u = _linear(_layer_norm(x, blk.ln_2), blk.mlp.c_fc)      # (B, 4C)
+            x = x + _linear(_gelu(u), blk.mlp.c_proj)
+        x = _layer_norm(x, t.ln_f)
+        return x @ t.wte.weight.data.T                               # (B, V)
+
+
+def _layer_norm(x: np.ndarray, ln) -> np.ndarray:
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    y = xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + x.dtype.type(ln.eps))
+    y *= ln.weight.data
+    if ln.bias is not None:
+        y += ln.bias.data
+    return y
+
+
+def _linear(x: np.ndarray, lin) -> np.ndarray:
+    y = x @ lin.weight.data
+    if lin.bias is not None:
+        y += lin.bias.data
+    return y
+
+
+def _gelu(u: np.ndarray) -> np.ndarray:
+    """tanh GELU, as the mlp kernel computes it: 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))."""
+    c = u.dtype.type(math.sqrt(2.0 / math.pi))
+    inner = np.tanh(c * (u + u.dtype.type(0.044715) * (u * u * u)))
+    return u.dtype.type(0.5) * u * (1 + inner)
+
+
+__all__ = ["GPT", "GPTConfig", "KVCache"]

@@ -1,0 +1,440 @@
+"""Training runs as the command line drives them: presets, ``key=value`` settings, building
+a model from a checkpoint, the GPT-on-text and RNN-on-a-task runs, and the demo.
+
+A run's *settings* are one flat dict: the model's fields, ``TrainConfig``'s fields and a few
+data fields (``batch_size``, ``tokenizer``, ...). A preset gives them all; ``key=value``
+pairs override single ones. The settings are stored in every checkpoint, so ``--resume`` and
+``tinyllm generate`` rebuild exactly the model that was trained.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import numpy as np
+
+from ..autograd import no_grad
+from ..data import (BPETokenizer, CharTokenizer, copy_task, encode_text, get_batch,
+                    load_corpus, load_tokenizer, reversal_task, train_val_split)
+from ..models import GPT, AttentionRNN, GPTConfig
+from .checkpoint import load_checkpoint
+from .trainer import TrainConfig, Trainer
+
+
+class SettingsError(ValueError):
+    """A bad preset name, key or value (the command line turns it into exit status 2)."""
+
+
+# ------------------------------------------------------------------ presets
+
+_TRAIN_KEYS = TrainConfig.field_names()
+
+GPT_PRESETS = {
+    # A: the issue's reference configuration (PyTorch: val 1.46 after 110 s here)
+    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, bias=True,
+                  batch_size=16, tokenizer="char", bpe_vocab=512, dtype="float32",
+                  max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
+                  beta2=0.99, eval_every=200, eval_batches=16, grad_clip=1.0),
+    # B: the larger benchmark configuration
+    "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1, bias=True,
+                   batch_size=8, tokenizer="char", bpe_vocab=512, dtype="float32",
+                   max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.1,
+                   beta2=0.99, eval_every=250, eval_batches=16, grad_clip=1.0),
+    # for tests and quick looks
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, bias=True,
+                 batch_size=8, tokenizer="char", bpe_vocab=300, dtype="float32",
+                 max_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.1,
+                 beta2=0.99, eval_every=50, eval_batches=4, grad_clip=1.0),
+}
+
+RNN_PRESETS = {
+    "reversal": dict(task="reversal", n_symbols=10, min_len=5, max_len=10, d_embed=64,
+                     d_hidden=128, d_attn=64, score="additive", attention=True,
+                     batch_size=64, n_train=50_000, dtype="float32", max_steps=1500, lr=3e-3,
+                     min_lr=3e-4, warmup_steps=75, weight_decay=0.0, beta2=0.999,
+                     eval_every=250, eval_batches=4, grad_clip=1.0),
+    "reversal-long": dict(task="reversal", n_symbols=10, min_len=10, max_len=20, d_embed=64,
+                          d_hidden=128, d_attn=64, score="additive", attention=True,
+                          batch_size=64, n_train=50_000, dtype="float32", max_steps=3000,
+                          lr=3e-3, min_lr=3e-4, warmup_steps=150, weight_decay=0.0,
+                          beta2=0.999, eval_every=500, eval_batches=4, grad_clip=1.0),
+    "copy": dict(task="copy", n_symbols=10, min_len=5, max_len=10, d_embed=64, d_hidden=128,
+                 d_attn=64, score="additive", attention=True, batch_size=64, n_train=50_000,
+                 dtype="float32", max_steps=1500, lr=3e-3, min_lr=3e-4, warmup_steps=75,
+                 weight_decay=0.0, beta2=0.999, eval_every=250, eval_batches=4,
+                 grad_clip=1.0),
+}
+
+_GPT_MODEL_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+_RNN_MODEL_KEYS = ("d_embed", "d_hidden", "d_attn", "score", "attention")
+_SHAPE_KEYS = set(_GPT_MODEL_KEYS) | set(_RNN_MODEL_KEYS) | {
+    "tokenizer", "bpe_vocab", "dtype", "task", "n_symbols", "min_len", "max_len"}
+
+
+def presets(kind: str) -> dict:
+    return GPT_PRESETS if kind == "gpt" else RNN_PRESETS
+
+
+def _convert(key: str, text: str, like):
+    """``text`` parsed as the type of the preset value ``like``."""
+    try:
+        if isinstance(like, bool):
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(like, int):
+            return int(text)
+        if isinstance(like, float) or like is None:
+            return float(text)
+        return text
+    except ValueError:
+        kind = "true/false" if isinstance(like, bool) else type(like).__name__
+        raise SettingsError(f"{key}={text!r}: expected {kind}") from None
+
+
+def make_settings(kind: str, preset: str, overrides: dict | list = ()) -> dict:
+    """The preset's settings with ``overrides`` (a dict of values, or ``key=value`` strings)
+    applied; unknown keys and unparsable values raise ``SettingsError``."""
+    table = presets(kind)
+    if preset not in table:
+        raise SettingsError(f"unknown --config {preset!r} for --model {kind}; choose one of "
+                            f"{', '.join(table)}")
+    s = dict(table[preset])
+    s.setdefault("seed", 0)
+    s.setdefault("patience", 0)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        key = key.replace("-", "_")
+        allowed = set(s) | set(_TRAIN_KEYS)
+        if key not in allowed:
+            raise SettingsError(f"unknown setting {key!r}; settings are "
+                                f"{', '.join(sorted(allowed))}")
+        like = s.get(key, getattr(TrainConfig(), key, None))
+        s[key] = _convert(key, value, like) if isinstance(value, str) else value
+    _check_settings(kind, s)
+    return s
+
+
+def _split(item: str):
+    if "=" not in item:
+        raise SettingsError(f"expected --key=value, got {item!r}")
+    k, v = item.lstrip("-").split("=", 1)
+    return k, v
+
+
+def _check_settings(kind, s):
+    try:
+        train_config(s)
+        if kind == "gpt":
+            GPTConfig(vocab_size=2, **{k: s[k] for k in _GPT_MODEL_KEYS if k != "vocab_size"})
+            if s["tokenizer"] not in ("char", "bpe"):
+                raise ValueError(f"tokenizer must be char or bpe, got {s['tokenizer']!r}")
+            if s["tokenizer"] == "bpe" and s["bpe_vocab"] < 256:
+                raise ValueError(f"bpe_vocab must be >= 256, got {s['bpe_vocab']}")
+        else:
+            if s["task"] not in ("reversal", "copy"):
+                raise ValueError(f"task must be reversal or copy, got {s['task']!r}")
+            _task(s)
+        if s["dtype"] not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {s['dtype']!r}")
+        if s["batch_size"] < 1:
+            raise ValueError(f"batch_size must be >= 1, got {s['batch_size']}")
+    except (ValueError, TypeError) as e:
+        raise SettingsError(str(e)) from None
+
+
+def train_config(s: dict, **extra) -> TrainConfig:
+    kw = {k: s[k] for k in _TRAIN_KEYS if k in s}
+    kw.update(extra)
+    return TrainConfig(**kw)
+
+
+# ------------------------------------------------------------------ models
+
+def _task(s):
+    make = reversal_task if s["task"] == "reversal" else copy_task
+    return make(n_symbols=s["n_symbols"], min_len=s["min_len"], max_len=s["max_len"])
+
+
+def build_model(kind: str, s: dict, vocab_size: int):
+    dtype = np.dtype(s["dtype"])
+    if kind == "gpt":
+        cfg = GPTConfig(vocab_size=vocab_size, **{k: s[k] for k in _GPT_MODEL_KEYS
+                                                   if k != "vocab_size"})
+        return GPT(cfg, seed=s.get("seed", 0), dtype=dtype)
+    task = _task(s)
+    return AttentionRNN(task.vocab_size, task.block_size, d_embed=s["d_embed"],
+                        d_hidden=s["d_hidden"], d_attn=s["d_attn"], score=s["score"],
+                        attention=s["attention"], seed=s.get("seed", 0), dtype=dtype)
+
+
+def load_model(path: str):
+    """(model, tokenizer or task, meta) rebuilt from a checkpoint folder."""
+    arrays, _, meta = load_checkpoint(path)
+    kind = meta.get("model", {}).get("type")
+    s = meta.get("settings")
+    if kind not in ("gpt", "rnn") or not isinstance(s, dict):
+        raise ValueError(f"checkpoint {path!r} was not written by `tinyllm train` (no model "
+                         f"type and settings in its meta.json)")
+    if kind == "gpt":
+        tok = load_tokenizer(meta["tokenizer"])
+        model = build_model("gpt", s, tok.vocab_size)
+        extra = tok
+    else:
+        model = build_model("rnn", s, 0)
+        extra = _task(s)
+    model.load_state_dict(arrays)
+    model.eval()
+    return model, extra, meta
+
+
+# ------------------------------------------------------------------ GPT on text
+
+def unigram_baseline(train_ids: np.ndarray, val_ids: np.ndarray, V: int) -> float:
+    """Cross-entropy (nats/token) on val of the train unigram distribution (add-one)."""
+    counts = np.bincount(train_ids, minlength=V).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[val_ids].mean())
+
+
+def prepare_text(s: dict, data_path: str | None, tokenizer=None):
+    """(tokenizer, train ids, val ids) for a GPT run."""
+    text = load_corpus(data_path)
+    if tokenizer is None:
+        if s["tokenizer"] == "char":
+            tokenizer = CharTokenizer(text)
+        else:
+            tokenizer = BPETokenizer.train(text, s["bpe_vocab"])
+    ids = encode_text(text, tokenizer)
+    train, val = train_val_split(ids, 0.9)
+    need = s["block_size"] + 1
+    where = data_path or "the embedded corpus"
+    if len(train) < need or len(val) < need:
+        raise SettingsError(f"{where} is too short for block_size {s['block_size']}: its "
+                         f"train/val parts have {len(train)}/{len(val)} tokens and each needs "
+                         f"at least {need}; use more text or a smaller --block_size")
+    return tokenizer, train, val
+
+
+def gpt_trainer(s: dict, data_path: str | None, out: str | None, resume: bool = False,
+                log=print, **train_extra):
+    """A Trainer for a GPT on text (resumed from ``out`` when ``resume``); also returns the
+    tokenizer and the train/val ids."""
+    tok = None
+    if resume:
+        _, _, meta = load_checkpoint(out)
+        tok = load_tokenizer(meta["tokenizer"])
+    tok, train, val = prepare_text(s, data_path, tok)
+    model = build_model("gpt", s, tok.vocab_size)
+    B, T = s["batch_size"], s["block_size"]
+    trainer = Trainer(model, lambda rng: get_batch(train, B, T, rng),
+                      lambda rng: get_batch(val, B, T, rng), train_config(s, **train_extra),
+                      out_dir=out, log=log,
+                      meta={"model": {"type": "gpt", "config": model.config.to_dict()},
+                            "settings": s, "tokenizer": tok.to_dict(),
+                            "data": data_path or "embedded"})
+    if resume:
+        trainer.resume(out)
+    return trainer, tok, train, val
+
+
+# ------------------------------------------------------------------ RNN on a task
+
+def rnn_batches(task, s: dict, seed: int):
+    """(train_batch, val_batch, held-out TaskData): train rows from a pool of ``n_train``
+    train-split examples, val rows from the held-out split."""
+    pool = task.make_split(s["n_train"], seed=seed, split="train")
+    held = task.make_split(500, seed=seed + 1, split="test")
+
+    def draw(data):
+        def batch(rng):
+            rows = rng.integers(0, len(data), s["batch_size"])
+            T = int(2 * data.lengths[rows].max() + 2)
+            return data.inputs[rows, :T], data.targets[rows, :T]
+        return batch
+    return draw(pool), draw(held), held
+
+
+def rnn_trainer(s: dict, out: str | None, resume: bool = False, log=print, **train_extra):
+    task = _task(s)
+    model = build_model("rnn", s, 0)
+    train_b, val_b, held = rnn_batches(task, s, s.get("seed", 0))
+    trainer = Trainer(model, train_b, val_b, train_config(s, **train_extra), out_dir=out,
+                      log=log, meta={"model": {"type": "rnn"}, "settings": s,
+                                     "task": {"kind": task.kind, "n_symbols": task.n_symbols,
+                                              "min_len": task.min_len,
+                                              "max_len": task.max_len}})
+    if resume:
+        trainer.resume(out)
+    return trainer, task, held
+
+
+# ------------------------------------------------------------------ timing helpers
+
+def seconds_per_step(model, batch, steps: int = 3) -> float:
+    """Median wall time of a forward+backward on ``batch`` (after one warm-up step that
+    also compiles the kernels)."""
+    x, y = batch
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        loss.backward()
+        model.zero_grad()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def steps_for_budget(model, batch, budget: float, lo: int, hi: int, overhead: float = 1.1):
+    """How many steps fit in ``budget`` seconds, within [lo, hi]."""
+    per = seconds_per_step(model, batch) * overhead
+    return int(min(hi, max(lo, budget / per))), per
+
+
+# ------------------------------------------------------------------ the demo
+
+def attention_heatmap(model, task, path: str, seed: int = 7) -> str:
+    """α of the RNN on one held-out example, as a PNG: row t = where step t looked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ex = task.make_split(1, seed=seed, split="test")
+    L = int(ex.lengths[0])
+    idx = ex.inputs[:, :2 * L + 2]
+    with no_grad():
+        alpha = model.attention_weights(idx)[0]
+    names = task.token_names
+    labels = [names[int(i)] for i in idx[0]]
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.imshow(alpha, cmap="viridis", vmin=0, vmax=max(float(alpha.max()), 1e-6))
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("attended position i (key x_i)")
+    ax.set_ylabel("step t (input token)")
+    ax.set_title("attention weights α_{t,i} (eq. 4.2a), reversal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def demo(out: str, log=print, budget: dict | None = None) -> dict:
+    """The main job: the document's attention RNN with and without attention on sequence
+    reversal, then a small GPT on the embedded corpus; figures into ``out``. ``budget``
+    gives seconds per part (keys rnn, rnn_plain, gpt)."""
+    from ..infer import generate
+    from ..kernels import default_impl
+    from ..kernels._nb import num_threads
+    b = {"rnn": 70.0, "rnn_plain": 40.0, "gpt": 170.0}
+    b.update(budget or {})
+    os.makedirs(out, exist_ok=True)
+    t_all = time.perf_counter()
+    summary = {}
+    log(f"tinyllm demo: kernels {default_impl()}, {num_threads()} threads; figures -> {out}")
+
+    # 1. the document's model on reversal, with and without attention ------------------
+    s = make_settings("rnn", "reversal")
+    for name, attn, key in (("with attention", True, "rnn"),
+                            ("without attention", False, "rnn_plain")):
+        s_run = dict(s, attention=attn)
+        folder = os.path.join(out, "rnn_attention" if attn else "rnn_plain")
+        trainer, task, held = rnn_trainer(s_run, folder, log=log, progress=False)
+        steps, per = steps_for_budget(trainer.model, trainer.train_batch(
+            np.random.default_rng(123)), b[key], 100, 20_000)
+        trainer, task, held = rnn_trainer(
+            dict(s_run, max_steps=steps, warmup_steps=max(1, steps // 20),
+                 eval_every=max(1, steps // 6)), folder, log=log, progress=False,
+            time_limit=b[key] * 1.2)
+        log(f"\n[{1 if attn else 2}/3] AttentionRNN {name} on reversal "
+            f"(lengths {task.min_len}-{task.max_len}, {task.n_symbols} symbols): "
+            f"{steps} steps of batch {s['batch_size']} (~{per * 1e3:.0f} ms/step)")
+        r = trainer.fit()
+        from .seq_tasks import evaluate_exact_match
+        em = evaluate_exact_match(trainer.model, held)
+        log(f"      trained {r.steps} steps in {r.seconds:.0f} s, val loss "
+            f"{r.val_losses[-1][1]:.3f}; held-out exact match {em * 100:.1f}% "
+            f"({len(held)} sequences never seen in training)")
+        summary[key] = {"exact_match": em, "steps": r.steps, "seconds": r.seconds}
+        if attn:
+            p = attention_heatmap(trainer.model, task, os.path.join(out, "attention.png"))
+            log(f"      attention heatmap -> {p}")
+
+    # 2. a small GPT on the embedded corpus --------------------------------------------
+    s = make_settings("gpt", "small")
+    folder = os.path.join(out, "gpt")
+    trainer, tok, train, val = gpt_trainer(s, None, folder, log=log, progress=False)
+    steps, per = steps_for_budget(trainer.model, get_batch(
+        train, s["batch_size"], s["block_size"], np.random.default_rng(5)), b["gpt"], 50,
+        20_000, overhead=1.15)
+    s = dict(s, max_steps=steps, warmup_steps=min(100, steps // 10),
+             eval_every=max(1, steps // 8))
+    trainer, tok, train, val = gpt_trainer(s, None, folder, log=log, progress=False,
+                                           time_limit=b["gpt"] * 1.2)
+    base = unigram_baseline(train, val, tok.vocab_size)
+    n_tok = s["batch_size"] * s["block_size"]
+    log(f"\n[3/3] GPT {s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} wide, "
+        f"block {s['block_size']}, batch {s['batch_size']} on the embedded corpus "
+        f"({len(train) + len(val):,} chars, vocab {tok.vocab_size}): {steps} steps "
+        f"(~{per * 1e3:.0f} ms/step, ~{n_tok / per:,.0f} tokens/s)")
+    r = trainer.fit()
+    vl = r.val_losses[-1][1]
+    log(f"      trained {r.steps} steps in {r.seconds:.0f} s "
+        f"({r.tokens / r.seconds:,.0f} tokens/s); val loss {vl:.3f} nats/char against the "
+        f"unigram baseline {base:.3f} ({math.exp(vl):.2f} against {math.exp(base):.2f} "
+        f"perplexity)")
+    prompt = "The "
+    ids = generate(trainer.model, np.array([tok.encode(prompt)]), 200, temperature=0.8,
+                   top_k=20, seed=0)
+    sample = tok.decode(ids[0].tolist())
+    log("      sample (temperature 0.8, top-k 20):\n" +
+        "\n".join("        | " + line for line in sample.splitlines()))
+    summary["gpt"] = {"val_loss": vl, "unigram": base, "steps": r.steps,
+                      "seconds": r.seconds, "tokens_per_s": r.tokens / r.seconds}
+
+    # 3. the loss curves together --------------------------------------------------------
+    curves = os.path.join(out, "loss_curves.png")
+    _plot_demo_curves(out, curves)
+    log(f"\nloss curves -> {curves} (and loss.png in each run folder); checkpoints in "
+        f"{out}/*/best and last")
+    log(f"demo finished in {time.perf_counter() - t_all:.0f} s")
+    summary["seconds"] = time.perf_counter() - t_all
+    return summary
+
+
+def _plot_demo_curves(out: str, path: str) -> None:
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, runs, title in ((axes[0], ("rnn_attention", "rnn_plain"),
+                             "AttentionRNN on reversal (answer tokens)"),
+                            (axes[1], ("gpt",), "GPT on the embedded corpus (nats/char)")):
+        for run in runs:
+            mp = os.path.join(out, run, "metrics.jsonl")
+            if not os.path.exists(mp):
+                continue
+            recs = [json.loads(ln) for ln in open(mp) if ln.strip()]
+            tr = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+            va = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+            if tr:
+                ax.plot(*zip(*tr), lw=0.8, alpha=0.7, label=f"{run} train")
+            if va:
+                ax.plot(*zip(*va), "o-", ms=3, label=f"{run} val")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["GPT_PRESETS", "RNN_PRESETS", "SettingsError", "make_settings", "build_model",
+           "load_model", "gpt_trainer", "rnn_trainer", "demo", "unigram_baseline"]
