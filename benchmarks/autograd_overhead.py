@@ -42,7 +42,7 @@ def print_setup():
         from threadpoolctl import threadpool_info
         pools = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())
     except ImportError:
-        pools = "unknown (pip install -e '.[bench]' for threadpoolctl)"
+        pools = "unknown (threadpoolctl did not import)"
     print(f"python {platform.python_version()}, numpy {np.__version__}, "
           f"tinyllm {tl.__version__}, {os.cpu_count()} CPUs, BLAS threads: {pools}\n")
 
