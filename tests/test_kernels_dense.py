@@ -507,6 +507,7 @@ def bad_calls(name, dtype):
             (lambda f: f(x, w.astype(other), b), TypeError),
             (lambda f: f(x.astype(np.int32), w, b), TypeError),
             (lambda f: f(x, w, b, eps=-1.0), ValueError),
+            (lambda f: f(x, w, b, eps=None), TypeError),
         ], k
     if name == "mlp":
         N, C, H, Co = 5, 4, 6, 3

@@ -41,7 +41,11 @@ def _check(x, weight, bias, eps):
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None:
             shape(NAME, name, p, (C,), "(C,), C = x.shape[-1]")
-    if not np.isfinite(eps) or eps < 0:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"{NAME}: eps must be a number, got {eps!r}") from None
+    if not np.isfinite(e) or e < 0:
         raise ValueError(f"{NAME}: eps must be a finite number >= 0, got {eps!r}")
     return contiguous(x, weight, bias)
 

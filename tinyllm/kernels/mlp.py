@@ -23,7 +23,7 @@ The Numba version evaluates the same function through 0.5 (1 + tanh y) = sigmoid
 select; exp(..) = inf for very negative a gives q = 0, gelu = -0, gelu' = 0, as tanh does).
 
 Only x and a are saved; h = gelu(a) is recomputed in the backward, fused with gelu'(a), so
-no (N, H) activation besides a outlives the forward. The five matrix products are BLAS
+no (N, H) activation besides a outlives the forward. The six matrix products are BLAS
 calls; the elementwise work around them is one fused pass each way. ``b1`` or ``b2`` may be
 None (no bias); its gradient is then None.
 
