@@ -53,7 +53,7 @@ def dout_like(kernel: str, dout, ref: np.ndarray, name: str = "dout") -> np.ndar
     if dout.shape != ref.shape:
         raise ShapeError(f"{kernel}: {name} shape {dout.shape} does not match the forward "
                          f"output {ref.shape}")
-    return np.ascontiguousarray(dout, dtype=ref.dtype)
+    return np.asarray(dout, dtype=ref.dtype, order="C")      # keeps 0-d arrays 0-d
 
 
 def out_buffer(kernel: str, out, shape: tuple, dtype) -> np.ndarray:

@@ -42,9 +42,12 @@ if HAVE_NUMBA and "NUMBA_THREADING_LAYER" not in os.environ:
 
 
 def njit(*args, **kwargs):
-    """``numba.njit`` with ``cache=True`` by default (and ``parallel``/``fastmath`` passed
-    through). Without Numba the decorated function raises when called."""
+    """``numba.njit`` with ``cache=True`` and ``error_model="numpy"`` by default
+    (``parallel``/``fastmath`` passed through). The NumPy error model makes x / 0 give inf or
+    NaN as NumPy does, instead of a ZeroDivisionError check that keeps LLVM from vectorising
+    any loop that divides. Without Numba the decorated function raises when called."""
     kwargs.setdefault("cache", True)
+    kwargs.setdefault("error_model", "numpy")
     if HAVE_NUMBA:
         return numba.njit(*args, **kwargs)
 
