@@ -5,6 +5,7 @@ Commands:
               sequence reversal, then a small GPT on the embedded corpus, with figures
   train       train a GPT on text or the attention RNN on a synthetic task, with checkpoints
   generate    continue a prompt from a GPT checkpoint (or answer a task prompt with an RNN one)
+  bench       time the kernels and the GPT end to end against NumPy, PyTorch and the machine
   gradcheck   gradcheck every registered op in float64 on random shapes; exit 1 on a failure
   eps-sweep   error of the central difference against eps, float32 and float64, for one op
   taylor      the Taylor-remainder slope for one op (about 2 = right, about 1 = wrong)
@@ -233,6 +234,17 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchUsageError, run
+    try:
+        run(quick=args.quick, only=args.only, json_path=args.json, plot_path=args.plot,
+            threads=args.threads, repeats=args.repeats, torch=not args.no_torch,
+            torch_inprocess=args.torch_inprocess)
+    except BenchUsageError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def _parser():
     p = _Parser(prog="tinyllm", description="tinyllm: LLM math you can read, check and time.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -278,6 +290,23 @@ def _parser():
     t.add_argument("--op", action="append")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(run=cmd_taylor)
+    b = sub.add_parser("bench", help="time the kernels and the GPT against the machine's "
+                       "ceilings and PyTorch")
+    b.add_argument("--quick", action="store_true", help="two small sizes per kernel, short "
+                   "end-to-end runs (under 2 minutes)")
+    b.add_argument("--only", action="append", metavar="NAME", help="only this kernel family "
+                   "or 'e2e' (repeatable, or comma-separated)")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON here")
+    b.add_argument("--plot", metavar="FILE", help="write time-against-size plots to this "
+                   ".png, and the roofline to FILE_roofline.png")
+    b.add_argument("--threads", type=int, metavar="N", help="threads for BLAS, Numba and "
+                   "torch (default: every core)")
+    b.add_argument("--repeats", type=int, metavar="N", help="exactly this many timed "
+                   "repeats per figure")
+    b.add_argument("--no-torch", action="store_true", help="skip the torch comparison")
+    b.add_argument("--torch-inprocess", action="store_true", help="also time torch's "
+                   "kernels in this process, beside Numba")
+    b.set_defaults(run=cmd_bench)
     return p
 
 
@@ -313,8 +342,8 @@ def main(argv=None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise UsageError("a command is needed: demo, train, generate, gradcheck, eps-sweep "
-                             "or taylor (see --help)")
+            raise UsageError("a command is needed: demo, train, generate, bench, gradcheck, "
+                             "eps-sweep or taylor (see --help)")
         if extra and args.command != "train":
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "train":

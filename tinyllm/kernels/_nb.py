@@ -117,6 +117,8 @@ if HAVE_NUMBA:
     _P4 = np.float32(1.6666665459e-1)
     _P5 = np.float32(5.0000001201e-1)
     _HALF = np.float32(0.5)
+    _BIAS = np.float32(127.0)
+    _MANT = np.float32(8388608.0)
     _ONE = np.float32(1.0)
     _ZERO = np.float32(0.0)
     _INF = np.float32(np.inf)
@@ -132,7 +134,10 @@ if HAVE_NUMBA:
         r = r - n * _C2
         p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
         y = p * (r * r) + r + _ONE
-        y = y * _bits_as_f32((np.int32(n) + 127) << 23)
+        # 2**n from the exponent field: (n + 127) * 2**23 is exact in float32 and below 2**31,
+        # so one float -> int32 conversion gives the bits (all-int32 math, which vectorises;
+        # Numba would widen an int32 shift to int64, which AVX2 converts element by element)
+        y = y * _bits_as_f32(np.int32((n + _BIAS) * _MANT))
         y = _INF if x > _HI else y
         y = _ZERO if x < _LO else y
         return x if x != x else y

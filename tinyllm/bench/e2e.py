@@ -1,0 +1,188 @@
+"""End to end: GPT training and generation, tinyllm beside the same model in torch.
+
+Each (configuration, engine) pair runs in a child process of its own, which only builds and
+runs that one model, so its peak resident memory is that model's (plus its engine's
+imports, reported as ``memory_MiB.base``):
+
+    python -m tinyllm.bench.e2e '<spec-json>'          # tinyllm's child; prints JSON
+    python tinyllm/bench/torch_peer.py '<spec-json>'   # torch's child (job "e2e")
+
+What a child does, the same way in both engines:
+
+1. builds the GPT of ``spec["model"]`` (dropout 0, tied head, float32, the char vocabulary
+   of the embedded corpus) and AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on the
+   matrices only, as ``tinyllm.train.Trainer`` sets it up);
+2. runs ``warm_steps`` training steps (this also loads the compiled kernels), then times
+   ``train_steps`` steps of the Trainer's step: forward with the loss, ``float(loss)``,
+   zero_grad, backward, clip the gradient norm to 1, AdamW step; the peak resident memory
+   is the high-water mark over those timed steps (reset after the warm-up);
+3. times greedy generation (B=1) of ``gen_tokens`` tokens after a ``prompt_len``-token
+   prompt, with the KV cache and without it (the whole context re-run per token).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+
+from .kernels import PeerError, run_peer
+from .machine import child_env, thread_info
+from .torch_peer import measure, reset_peak_rss, rss_mb, summarize
+
+
+def vocab_size() -> int:
+    """The char vocabulary of the embedded corpus (what ``tinyllm train`` uses)."""
+    from ..data import load_corpus
+    from ..data.tokenizers import CharTokenizer
+    return CharTokenizer(load_corpus(None)).vocab_size
+
+
+def child(spec: dict) -> dict:
+    """tinyllm's side of one configuration (runs in the child process)."""
+    from .machine import pin_threads
+    pin_threads(int(spec["threads"]))
+    from .. import generate, kernels, optim
+    from ..models import GPT, GPTConfig
+    m, V = spec["model"], spec["vocab_size"]
+    base = rss_mb()["rss"]
+    cfg = GPTConfig(vocab_size=V, block_size=m["block_size"], n_layer=m["n_layer"],
+                    n_head=m["n_head"], n_embd=m["n_embd"], dropout=0.0, bias=True)
+    model = GPT(cfg, seed=spec.get("seed", 0))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt = optim.AdamW(optim.param_groups_for_decay(named, 0.1), lr=1e-3, betas=(0.9, 0.99),
+                      eps=1e-8, weight_decay=0.1)
+    rng = np.random.default_rng(spec.get("seed", 0))
+    B, T = m["batch_size"], m["block_size"]
+    data = rng.integers(0, V, size=(B, T + 1))
+    x, y = data[:, :-1].copy(), data[:, 1:].copy()
+    after_model = rss_mb()["rss"]
+
+    def step():
+        _, loss = model(x, y)
+        lv = float(loss.data)
+        if not math.isfinite(lv):
+            raise RuntimeError(f"tinyllm GPT: the loss is {lv}")
+        opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    model.train()
+    for _ in range(m["warm_steps"]):
+        step()
+    exact = reset_peak_rss()
+    train = measure(step, warmup=0, min_repeats=m["train_steps"], max_repeats=m["train_steps"],
+                    budget_s=0.0)
+    peak = rss_mb()["peak"]
+    prompt = rng.integers(0, V, size=(1, m["prompt_len"]))
+    n = m["gen_tokens"]
+    gen = {}
+    for key, cache in (("gen_cache", True), ("gen_nocache", False)):
+        times = measure(lambda c=cache: generate(model, prompt, n, temperature=0.0, use_cache=c),
+                        warmup=1, min_repeats=m["gen_repeats"], max_repeats=m["gen_repeats"],
+                        budget_s=0.0)
+        gen[key] = {"times_s": times, "tokens": n}
+    return {"params": int(sum(p.data.size for p in params)),
+            "train": {"times_s": train, "tokens_per_step": B * T}, **gen,
+            "memory_MiB": {"base": base, "after_model": after_model, "peak_train": peak,
+                          "peak_is_train_only": exact},
+            "threads": thread_info(), "kernel_impl": kernels.default_impl()}
+
+
+def _run_child(spec: dict, threads: int, timeout: float) -> dict:
+    try:
+        r = subprocess.run([sys.executable, "-m", "tinyllm.bench.e2e", json.dumps(spec)],
+                           capture_output=True, text=True, timeout=timeout,
+                           env=child_env(threads))
+    except subprocess.TimeoutExpired:
+        raise PeerError(f"the tinyllm child did not finish within {timeout:.0f} s") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PeerError(f"the tinyllm child exited with {r.returncode}: {last}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise PeerError("the tinyllm child printed no JSON") from None
+
+
+def _entry(ms, impl: str, V: int, res: dict) -> dict:
+    def rate(times, per):
+        s = summarize(times)
+        return dict(s, tokens_per_s=per / (s["median_ms"] / 1e3),
+                    tokens_per_s_min=per / (s["max_ms"] / 1e3),
+                    tokens_per_s_max=per / (s["min_ms"] / 1e3))
+    tr = res["train"]
+    out = {"config": ms.name, "label": ms.label, "impl": impl, "vocab_size": V,
+           "params": res["params"], "train": dict(rate(tr["times_s"], tr["tokens_per_step"]),
+                                                  tokens_per_step=tr["tokens_per_step"])}
+    for src, dst in (("gen_cache", "generate_cache"), ("gen_nocache", "generate_nocache")):
+        g = res[src]
+        out[dst] = dict(rate(g["times_s"], g["tokens"]), tokens=g["tokens"])
+    out["memory_MiB"] = res["memory_MiB"]
+    out["kernel_impl"] = res.get("kernel_impl")          # tinyllm: numba (or TINYLLM_KERNELS)
+    out["ratio_to_torch"] = None
+    if "torch" in res:
+        out["threads"] = {"torch": res["torch"]["threads"],
+                          "interop": res["torch"]["interop_threads"]}
+    else:
+        out["threads"] = res.get("threads")
+    return out
+
+
+METRICS = ("train", "generate_cache", "generate_nocache")
+
+
+def apply_ceilings(entries: list, ceilings: dict) -> None:
+    """Each training figure as a fraction of the sgemm ceiling."""
+    for e in entries:
+        if "train" in e:
+            e["train"]["fraction_of_ceiling"] = (e["train"]["gflops_per_s"]
+                                                 / ceilings["sgemm_GFLOPs"])
+
+
+def run_e2e(models: list, *, threads: int, torch: bool, log, timeout: float) -> tuple:
+    """(entries, notes): per configuration, tinyllm's and (when torch imports) torch's.
+    Training is also given in GFLOP/s (``ModelSpec.train_flops_per_token``)."""
+    V = vocab_size()
+    entries, notes = [], []
+    for ms in models:
+        spec = {"model": ms.to_json(), "vocab_size": V, "threads": threads, "seed": 0}
+        pair = {}
+        runs = [("tinyllm", lambda s=spec: _run_child(s, threads, timeout))]
+        if torch:
+            runs.append(("torch", lambda s=spec: run_peer(dict(s, job="e2e"), threads,
+                                                          timeout)))
+        for impl, go in runs:
+            log(f"  e2e config {ms.name} ({ms.label}), {impl} ...")
+            try:
+                e = pair[impl] = _entry(ms, impl, V, go())
+                tr = e["train"]
+                tr["flops_per_token"] = ms.train_flops_per_token(e["params"])
+                tr["gflops_per_s"] = tr["flops_per_token"] * tr["tokens_per_s"] / 1e9
+                tr["fraction_of_ceiling"] = None          # set by apply_ceilings
+            except PeerError as e:
+                notes.append(f"e2e {ms.name} {impl}: {e}")
+                entries.append({"config": ms.name, "label": ms.label, "impl": impl,
+                                "error": str(e)})
+                log(f"  {e}")
+        if "torch" in pair:
+            for e in pair.values():
+                e["ratio_to_torch"] = {k: e[k]["median_ms"] / pair["torch"][k]["median_ms"]
+                                       for k in METRICS}
+        entries.extend(pair.values())
+    return entries, notes
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    json.dump(child(json.loads(argv[0])), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

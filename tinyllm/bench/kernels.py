@@ -1,0 +1,191 @@
+"""Kernel timings: every implementation of every family at every size of the sweep.
+
+tinyllm's implementations (the NumPy reference, Numba, CuPy when a GPU is present) are
+timed in this process through the registry, ``tinyllm.kernels.get(family, impl)``. torch's
+equivalents are timed in a separate process (``torch_peer``), and optionally also in this
+one (impl ``"torch-inproc"``) to show how much the thread pools disturb each other.
+
+"fwd" times ``forward(*arrays)``; "fwd+bwd" times ``backward(dout, forward(*arrays)[1])``
+with a fixed random ``dout``. Each row becomes a JSON record (see ``tinyllm.bench``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from .. import kernels as K
+from ..kernels._harness import random_like
+from . import torch_peer
+from .machine import child_env
+from .specs import GBPS, PASSES, make_inputs
+from .torch_peer import measure, summarize
+
+
+class PeerError(RuntimeError):
+    """The torch peer process failed; the message holds its last line of stderr."""
+
+
+def run_peer(spec: dict, threads: int, timeout: float) -> dict:
+    """Run ``torch_peer.py`` as a plain script (no tinyllm, no Numba in that process) with
+    ``spec``; return its JSON."""
+    spec = dict(spec, threads=threads)
+    try:
+        r = subprocess.run([sys.executable, os.path.abspath(torch_peer.__file__),
+                            json.dumps(spec)], capture_output=True, text=True,
+                           timeout=timeout, env=child_env(threads))
+    except subprocess.TimeoutExpired:
+        raise PeerError(f"the torch peer did not finish within {timeout:.0f} s") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PeerError(f"the torch peer exited with {r.returncode}: {last}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise PeerError("the torch peer printed no JSON") from None
+
+
+def _cupy_sync():
+    import cupy
+    cupy.cuda.Device().synchronize()
+
+
+def _to_cupy(x):
+    """Float NumPy arrays (in a tuple, or alone) onto the GPU; anything else as it is."""
+    if isinstance(x, tuple):
+        return tuple(_to_cupy(a) for a in x)
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        import cupy
+        return cupy.asarray(x)
+    return x
+
+
+def _to_numpy(x):
+    if isinstance(x, tuple):
+        return tuple(_to_numpy(a) for a in x)
+    return x.get() if hasattr(x, "get") else x
+
+
+def our_callables(spec, impl: str) -> tuple:
+    """({"fwd": fn, "fwd+bwd": fn}, sync) for tinyllm's ``impl`` of one kernel case."""
+    k = K.get(spec.family, impl)
+    rng = np.random.default_rng(0)
+    arrays, opts = make_inputs(spec, rng)
+    sync = None
+    if impl == "cupy":
+        arrays, sync = _to_cupy(arrays), _cupy_sync
+    out, _ = k.forward(*arrays, **opts)
+    dout = random_like(_to_numpy(out), rng)
+    if impl == "cupy":
+        dout = _to_cupy(dout)
+    fns = {"fwd": lambda: k.forward(*arrays, **opts),
+           "fwd+bwd": lambda: k.backward(dout, k.forward(*arrays, **opts)[1])}
+    return fns, sync
+
+
+def impls_for(family: str, gpu: bool) -> list:
+    """tinyllm implementations to time: those the registry has here; CuPy only on a GPU."""
+    return [i for i in K.available(family) if i != "cupy" or gpu]
+
+
+def _row(spec, impl, pass_, stats) -> dict:
+    flops, nbytes = spec.work(pass_)
+    work = nbytes if spec.unit == GBPS else flops
+    sec = stats["median_ms"] / 1e3
+    rate = work / sec / 1e9
+    return {"name": spec.family, "impl": impl, "size": spec.label, "pass": pass_,
+            **{k: stats[k] for k in ("median_ms", "min_ms", "max_ms", "repeats")},
+            "work": work, "unit": spec.unit, "rate": rate,
+            "rate_min": work / (stats["max_ms"] / 1e3) / 1e9,
+            "rate_max": work / (stats["min_ms"] / 1e3) / 1e9,
+            "fraction_of_ceiling": None, "ceiling": None,
+            "ratio_to_torch": None, "flops": flops, "bytes": nbytes,
+            "intensity": flops / nbytes, "gflops_per_s": flops / sec / 1e9,
+            "x": spec.x, "x_name": spec.x_name, "params": spec.params, "dtype": spec.dtype}
+
+
+def run_kernels(specs: dict, timing: dict, *, threads: int, torch: bool,
+                torch_inprocess: bool, gpu: bool, log, peer_timeout: float) -> tuple:
+    """(rows, notes, torch info or None): one row per family x size x implementation x
+    pass."""
+    rows, notes, peer_info = [], [], None
+    cases = []                                  # for the torch peer
+    for family, sweep in specs.items():
+        impls = impls_for(family, gpu)
+        for spec in sweep:
+            for impl in impls:
+                if impl == "numpy" and not spec.ref:
+                    notes.append(f"{family} {spec.label}: NumPy reference skipped (too slow "
+                                 f"or too big at this size)")
+                    continue
+                try:
+                    fns, sync = our_callables(spec, impl)
+                    for pass_ in PASSES:
+                        st = summarize(measure(fns[pass_], sync=sync, **timing))
+                        rows.append(_row(spec, impl, pass_, st))
+                        log(f"  {family:18s} {spec.label:28s} {impl:6s} {pass_:8s} "
+                            f"{st['median_ms']:10.3f} ms")
+                except Exception as e:  # noqa: BLE001  (one failing case must not lose the rest)
+                    notes.append(f"{family} {spec.label} {impl} failed: "
+                                 f"{type(e).__name__}: {e}")
+                    log(f"  {notes[-1]}")
+            if spec.torch:
+                cases.append((spec, {"id": len(cases), "family": family, "label": spec.label,
+                                     "params": spec.params, "passes": list(PASSES)}))
+    if torch and cases:
+        log(f"  torch: {len(cases)} cases in a separate process ...")
+        try:
+            res = run_peer({"job": "kernels", "timing": timing,
+                            "cases": [c for _, c in cases]}, threads, peer_timeout)
+        except PeerError as e:
+            notes.append(f"torch kernels not timed: {e}")
+            log(f"  {e}")
+        else:
+            peer_info = res.get("torch")
+            notes.extend(f"torch: {e}" for e in res.get("errors", []))
+            by_id = {c["id"]: s for s, c in cases}
+            for r in res["results"]:
+                rows.append(_row(by_id[r["id"]], "torch", r["pass"], summarize(r["times_s"])))
+    if torch and torch_inprocess and cases:
+        log("  torch, in this process (beside Numba's pool) ...")
+        rows.extend(_torch_inprocess([s for s, _ in cases], timing, threads))
+    ratio_to_torch(rows)
+    return rows, notes, peer_info
+
+
+def _torch_inprocess(specs, timing, threads) -> list:
+    import torch
+    torch.set_num_threads(threads)
+    out = []
+    for spec in specs:
+        fns = torch_peer.kernel_callables(torch, spec.family, spec.params)
+        for pass_ in PASSES:
+            st = summarize(measure(fns[pass_], **timing))
+            out.append(_row(spec, "torch-inproc", pass_, st))
+    return out
+
+
+def apply_ceilings(rows: list, ceilings: dict) -> None:
+    """Set each row's ``fraction_of_ceiling``: its rate over the copy bandwidth (GB/s
+    figures) or the GEMM rate of its dtype (GFLOP/s figures); ``ceiling`` names which."""
+    for r in rows:
+        if r["unit"] == GBPS:
+            key = "copy_GBps"
+        else:
+            key = "sgemm_GFLOPs" if r["dtype"] == "float32" else "dgemm_GFLOPs"
+        c = ceilings[key]
+        r["ceiling"] = key
+        r["fraction_of_ceiling"] = r["rate"] / c if c > 0 else None
+
+
+def ratio_to_torch(rows: list) -> None:
+    """Set each row's ``ratio_to_torch`` = its median time / torch's (separate process)
+    median time at the same kernel, size and pass (> 1: slower than torch)."""
+    ref = {(r["name"], r["size"], r["pass"]): r["median_ms"] for r in rows
+           if r["impl"] == "torch"}
+    for r in rows:
+        t = ref.get((r["name"], r["size"], r["pass"]))
+        r["ratio_to_torch"] = r["median_ms"] / t if t else None

@@ -1,0 +1,359 @@
+"""PyTorch's side of the benchmark, in a process of its own.
+
+    python -m tinyllm.bench.torch_peer '<spec-json>'      # or: python path/to/torch_peer.py …
+
+prints one JSON object on stdout. The benchmark runs this file as a plain script (so the
+process imports only NumPy and torch, never tinyllm or Numba): torch's and Numba's thread
+pools distort each other when they share a process (docs: notes/numba-performance.md,
+lesson 10), and a separate process also keeps torch's memory apart from tinyllm's.
+
+Jobs (``spec["job"]``):
+
+- ``"kernels"``: ``spec["cases"]`` is a list of ``{"id", "family", "params", "passes"}``
+  (``tinyllm.bench.specs.KernelSpec`` fields); each is timed as torch's equivalent op:
+  softmax → ``torch.softmax``; cross_entropy → ``F.cross_entropy(ignore_index=-100)``;
+  layernorm → ``F.layer_norm``; mlp → ``addmm``, tanh ``gelu``, ``addmm``; attention and
+  decode_attention → ``F.scaled_dot_product_attention``; additive_attention → the same
+  equations written in torch (tanh scores, masked softmax, weighted sum). "fwd" runs under
+  ``torch.no_grad()``; "fwd+bwd" makes the inputs ``requires_grad`` and takes
+  ``torch.autograd.grad`` with a random upstream gradient. Returns the raw times.
+- ``"e2e"``: a minimal GPT-2 in torch (``TorchGPT``: pre-norm blocks, SDPA, tanh GELU,
+  tied head, a preallocated KV cache for decoding) with the config in ``spec["model"]``:
+  training steps (forward, backward, clip to norm 1, AdamW) and greedy generation with and
+  without the KV cache, plus the process's resident memory.
+
+``measure`` below is the one stopwatch both sides use (tinyllm's timing imports it from
+here), so both are timed the same way.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+
+# ------------------------------------------------------------------ shared timing and memory
+
+def measure(fn, warmup: int = 2, min_repeats: int = 5, max_repeats: int = 50,
+            budget_s: float = 1.0, sync=None) -> list:
+    """Seconds of each of at least ``min_repeats`` (and, while ``budget_s`` lasts, up to
+    ``max_repeats``) calls of ``fn``, after ``warmup`` untimed calls. ``sync`` (e.g. a GPU
+    synchronise) runs inside each timed interval."""
+    for _ in range(warmup):
+        fn()
+        if sync is not None:
+            sync()
+    times = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < min_repeats or (len(times) < max_repeats
+                                       and time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times) -> dict:
+    """Median, min and max in milliseconds, and how many repeats."""
+    t = np.asarray(times, dtype=np.float64) * 1e3
+    return {"median_ms": float(np.median(t)), "min_ms": float(t.min()),
+            "max_ms": float(t.max()), "repeats": int(t.size)}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux ≥ 4.0:
+    writing 5 to /proc/self/clear_refs); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> dict:
+    """{"rss": now, "peak": high-water mark} in MiB (VmRSS / VmHWM, or ru_maxrss)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key = "rss" if line.startswith("VmRSS") else "peak"
+                    out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if "peak" not in out:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak"] = kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
+        out.setdefault("rss", out["peak"])
+    return out
+
+
+# ------------------------------------------------------------------ kernels
+
+def _kernel_case(torch, family: str, p: dict, gen):
+    """(forward fn of the inputs, inputs, differentiable-input flags) for one case."""
+    F = torch.nn.functional
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen) * scale
+
+    if family == "softmax":
+        return (lambda x: torch.softmax(x, -1)), [randn(*p["shape"], scale=3.0)], [True]
+    if family == "cross_entropy":
+        t = torch.randint(0, p["V"], (p["N"],), generator=gen)
+        t[::7] = -100
+        return ((lambda z: F.cross_entropy(z, t, ignore_index=-100)),
+                [randn(p["N"], p["V"], scale=3.0)], [True])
+    if family == "layernorm":
+        C = p["C"]
+        return ((lambda x, w, b: F.layer_norm(x, (C,), w, b, 1e-5)),
+                [randn(p["N"], C, scale=2.0) + 0.5, 1 + randn(C, scale=0.1),
+                 randn(C, scale=0.1)], [True] * 3)
+    if family == "mlp":
+        N, C, H = p["N"], p["C"], p["H"]
+
+        def mlp(x, W1, b1, W2, b2):
+            return torch.addmm(b2, F.gelu(torch.addmm(b1, x, W1), approximate="tanh"), W2)
+        return mlp, [randn(N, C), randn(C, H, scale=C ** -0.5), randn(H, scale=0.1),
+                     randn(H, C, scale=H ** -0.5), randn(C, scale=0.1)], [True] * 5
+    if family == "attention":
+        shape = (p["B"], p["H"], p["T"], p["hs"])
+        causal = bool(p["causal"])
+        return ((lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)),
+                [randn(*shape) for _ in range(3)], [True] * 3)
+    if family == "decode_attention":
+        B, H, L, Lmax, hs = p["B"], p["H"], p["L"], p["Lmax"], p["hs"]
+        return ((lambda q, k, v: F.scaled_dot_product_attention(q, k[:, :, :L], v[:, :, :L])),
+                [randn(B, H, 1, hs), randn(B, H, Lmax, hs), randn(B, H, Lmax, hs)], [True] * 3)
+    if family == "additive_attention":
+        B, S, Dh, Dx, A = p["B"], p["S"], p["Dh"], p["Dx"], p["A"]
+        mask = None
+        if p.get("masked"):
+            mask = torch.arange(S)[None, :] <= (torch.arange(B) % S)[:, None]
+
+        def additive(h, x, W_q, W_k, v_a):
+            u = torch.tanh((h @ W_q)[:, None, :] + x @ W_k)          # (B, S, A)
+            e = u @ v_a                                              # (B, S)
+            if mask is not None:
+                e = e.masked_fill(~mask, float("-inf"))
+            alpha = torch.softmax(e, -1)                             # (B, S)
+            c = torch.bmm(alpha[:, None, :], x)[:, 0]                # (B, Dx)
+            return c, alpha
+        return additive, [randn(B, Dh), randn(B, S, Dx), randn(Dh, A, scale=Dh ** -0.5),
+                          randn(Dx, A, scale=Dx ** -0.5), randn(A)], [True] * 5
+    raise KeyError(f"torch peer: no equivalent for kernel family {family!r}")
+
+
+def kernel_callables(torch, family: str, params: dict, seed: int = 0) -> dict:
+    """{"fwd": fn, "fwd+bwd": fn}: torch's equivalent of one kernel case, ready to time."""
+    gen = torch.Generator().manual_seed(seed)
+    fn, inputs, diff = _kernel_case(torch, family, params, gen)
+    with torch.no_grad():
+        out = fn(*inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    douts = [torch.randn(o.shape, generator=gen) for o in outs]
+    leaves = [x.detach().requires_grad_(d) for x, d in zip(inputs, diff)]
+    wrt = [x for x in leaves if x.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            fn(*inputs)
+
+    def fwd_bwd():
+        o = fn(*leaves)
+        o = o if isinstance(o, tuple) else (o,)
+        torch.autograd.grad(o, wrt, douts)
+
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+
+
+def run_kernels(spec: dict) -> dict:
+    import torch
+    timing = spec.get("timing", {})
+    results, errors = [], []
+    for case in spec["cases"]:
+        try:
+            fns = kernel_callables(torch, case["family"], case["params"])
+            for pass_ in case["passes"]:
+                results.append({"id": case["id"], "pass": pass_,
+                                "times_s": measure(fns[pass_], **timing)})
+        except Exception as e:  # noqa: BLE001  (one failing case must not lose the rest)
+            errors.append(f"{case['family']} {case.get('label', '')}: "
+                          f"{type(e).__name__}: {e}")
+    return {"results": results, "errors": errors}
+
+
+# ------------------------------------------------------------------ a minimal GPT-2 in torch
+
+def torch_gpt(torch, cfg: dict):
+    """A GPT-2 (pre-norm, tanh GELU, biases, tied head, dropout 0) with tinyllm's GPT
+    config keys and GPT-2's initialisation; ``model(idx, targets)`` -> (logits, loss), and
+    ``prefill`` / ``decode`` over a preallocated KV cache."""
+    nn, F = torch.nn, torch.nn.functional
+    C, H, L, V, Tmax = cfg["n_embd"], cfg["n_head"], cfg["n_layer"], cfg["vocab_size"], \
+        cfg["block_size"]
+    hs = C // H
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x, cache=None, pos=0):
+            B, T, _ = x.shape
+            q, k, v = (t.view(B, T, H, hs).transpose(1, 2)
+                       for t in self.c_attn(self.ln_1(x)).split(C, dim=2))
+            if cache is None or T > 1:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                if cache is not None:                      # prefill at positions 0..T-1
+                    cache[0][:, :, :T] = k
+                    cache[1][:, :, :T] = v
+            else:                                          # one new token at ``pos``
+                kc, vc = cache
+                kc[:, :, pos] = k[:, :, 0]
+                vc[:, :, pos] = v[:, :, 0]
+                y = F.scaled_dot_product_attention(q, kc[:, :, :pos + 1], vc[:, :, :pos + 1])
+            x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(Tmax, C)
+            self.h = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(C)
+            for name, prm in self.named_parameters():
+                if name.endswith("bias"):
+                    nn.init.zeros_(prm)
+                elif prm.dim() >= 2:
+                    std = 0.02 / math.sqrt(2 * L) if name.endswith("proj.weight") else 0.02
+                    nn.init.normal_(prm, 0.0, std)
+
+        def forward(self, idx, targets=None, cache=None, pos=0):
+            T = idx.shape[1]
+            x = self.wte(idx) + self.wpe.weight[pos:pos + T]
+            for i, blk in enumerate(self.h):
+                x = blk(x, None if cache is None else cache[i], pos)
+            logits = F.linear(self.ln_f(x), self.wte.weight)           # tied head
+            loss = None
+            if targets is not None:
+                loss = F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100)
+            return logits, loss
+
+        def new_cache(self, B):
+            return [(torch.zeros(B, H, Tmax, hs), torch.zeros(B, H, Tmax, hs))
+                    for _ in range(L)]
+
+    return GPT()
+
+
+def torch_generate(torch, model, idx, n: int, use_cache: bool):
+    """Greedy continuation of idx (B, T) by n tokens."""
+    block = model.wpe.weight.shape[0]
+    with torch.inference_mode():
+        if not use_cache:
+            for _ in range(n):
+                logits, _ = model(idx[:, -block:])
+                idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            return idx
+        T = idx.shape[1]
+        assert T + n - 1 <= block, "the benchmark keeps the cache from overflowing"
+        cache = model.new_cache(idx.shape[0])
+        logits, _ = model(idx, cache=cache, pos=0)
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        out = [idx, nxt]
+        for pos in range(T, T + n - 1):
+            logits, _ = model(nxt, cache=cache, pos=pos)
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out.append(nxt)
+        return torch.cat(out, dim=1)
+
+
+def run_e2e(spec: dict) -> dict:
+    import torch
+    m, V = spec["model"], spec["vocab_size"]
+    base = rss_mb()["rss"]
+    torch.manual_seed(spec.get("seed", 0))
+    model = torch_gpt(torch, dict(m, vocab_size=V))
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and p is not model.wte.weight
+             and p is not model.wpe.weight]
+    ids = {id(p) for p in decay}
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": [p for p in params if id(p) not in ids],
+                              "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    rng = np.random.default_rng(spec.get("seed", 0))
+    B, T = m["batch_size"], m["block_size"]
+    data = torch.from_numpy(rng.integers(0, V, size=(B, T + 1)))
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    after_model = rss_mb()["rss"]
+
+    def step():
+        _, loss = model(x, y)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"torch GPT: the loss is {loss.item()}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    model.train()
+    for _ in range(m["warm_steps"]):
+        step()
+    exact = reset_peak_rss()
+    train = measure(step, warmup=0, min_repeats=m["train_steps"], max_repeats=m["train_steps"],
+                    budget_s=0.0)
+    peak = rss_mb()["peak"]
+    model.eval()
+    prompt = torch.from_numpy(rng.integers(0, V, size=(1, m["prompt_len"])))
+    n = m["gen_tokens"]
+    gen = {}
+    for key, cache in (("gen_cache", True), ("gen_nocache", False)):
+        times = measure(lambda c=cache: torch_generate(torch, model, prompt, n, c), warmup=1,
+                        min_repeats=m["gen_repeats"], max_repeats=m["gen_repeats"], budget_s=0)
+        gen[key] = {"times_s": times, "tokens": n}
+    return {"params": sum(p.numel() for p in params), "train": {"times_s": train,
+                                                               "tokens_per_step": B * T},
+            **gen, "memory_MiB": {"base": base, "after_model": after_model,
+                                 "peak_train": peak, "peak_is_train_only": exact}}
+
+
+# ------------------------------------------------------------------ entry point
+
+def torch_info(torch) -> dict:
+    return {"version": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "parallel_info": torch.__config__.parallel_info().splitlines()[:8]}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0] if argv else sys.stdin.read())
+    import torch
+    threads = spec.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    job = {"kernels": run_kernels, "e2e": run_e2e}[spec["job"]]
+    out = job(spec)
+    out["torch"] = torch_info(torch)
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    # run as a file, this folder is sys.path[0]; drop it so nothing here shadows a module
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path.pop(0)
+    sys.exit(main())
