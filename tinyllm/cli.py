@@ -105,11 +105,12 @@ def cmd_taylor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .train.runs import demo
+    from .train.runs import demo, keep_freed_memory
     _writable_dir(args.out, "--out")
+    keep_freed_memory()
     budget = {}
     if args.quick:                      # a smoke run: seconds, not minutes
-        budget = {"rnn": 6.0, "rnn_plain": 4.0, "gpt": 10.0}
+        budget = {"rnn_steps": 60, "rnn": 6.0, "rnn_plain": 4.0, "gpt": 10.0}
     demo(args.out, budget=budget)
     return 0
 
@@ -132,8 +133,9 @@ def cmd_train(args) -> int:
     from .data import load_corpus
     from .train.checkpoint import CheckpointError, load_checkpoint
     from .train.runs import SettingsError, gpt_trainer, make_settings, rnn_trainer
-    from .train.runs import unigram_baseline
+    from .train.runs import keep_freed_memory, unigram_baseline
     _writable_dir(args.out, "--out")
+    keep_freed_memory()
     if args.model == "rnn" and args.data:
         raise UsageError("--data is for --model gpt; the RNN trains on a synthetic task "
                          "(choose it with --config reversal|reversal-long|copy)")
