@@ -365,8 +365,9 @@ def demo(out: str, log=print, budget: dict | None = None) -> dict:
     # each small product costs more than it saves.
     with _one_thread():
         _demo_rnn(make_settings("rnn", "reversal"), b, out, log, summary)
-    # 2. a small GPT on the embedded corpus
-    _demo_gpt(b, out, log, summary)
+    # 2. a small GPT on the embedded corpus (BLAS on one thread: see blas_one_thread)
+    with blas_one_thread():
+        _demo_gpt(b, out, log, summary)
     # 3. the loss curves together
     curves = os.path.join(out, "loss_curves.png")
     _plot_demo_curves(out, curves)
@@ -375,6 +376,16 @@ def demo(out: str, log=print, budget: dict | None = None) -> dict:
     summary["seconds"] = time.perf_counter() - t_all
     log(f"demo finished in {summary['seconds']:.0f} s")
     return summary
+
+
+def blas_one_thread():
+    """A context in which NumPy's BLAS runs on one thread while the Numba kernels keep every
+    core. OpenBLAS's idle workers spin for a while after each call; on 2 cores they steal
+    the cores from the Numba kernel that follows (a GELU pass ran 1.5x slower right after a
+    GEMM). For the GPTs here the GEMMs are small enough that one thread loses little: a
+    config-A training step measured 134 ms against 147-185 ms with two BLAS threads."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
 
 
 class _one_thread:
