@@ -80,7 +80,16 @@ class Embedding(Function):
     def backward(ctx, dout):
         (idx,) = ctx.saved
         dW = np.zeros(ctx.shape, dtype=dout.dtype)
-        np.add.at(dW, idx.reshape(-1), dout.reshape(-1, ctx.shape[1]))
+        flat = idx.reshape(-1)
+        if flat.size:
+            # dW[v] = sum of the dout rows whose index is v. A stable sort groups equal
+            # indices (keeping their order, so the sums run in the same order np.add.at's
+            # would) and reduceat adds each group: ~10x faster than np.add.at here.
+            order = np.argsort(flat, kind="stable")
+            sorted_idx = flat[order]
+            starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
+            rows = dout.reshape(-1, ctx.shape[1])[order]
+            dW[sorted_idx[starts]] = np.add.reduceat(rows, starts, axis=0)
         return None, dW
 
 
