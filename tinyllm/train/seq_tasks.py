@@ -14,15 +14,14 @@ it on the whole prefix at every position.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 
-from .. import optim
 from ..autograd import no_grad
 from ..data.tasks import EOS, IGNORE_INDEX, SeqTask, TaskData, exact_match, reversal_task
 from ..models.attention_rnn import AttentionRNN
+from .trainer import TrainConfig, Trainer, TrainingError
 
 __all__ = ["train_seq_task", "greedy_answers", "evaluate_exact_match", "run_reversal",
            "REVERSAL_CONFIG"]
@@ -54,6 +53,7 @@ def train_seq_task(model, task: SeqTask, steps: int, batch_size: int = 64, lr: f
     loss is the mean cross-entropy over the answer tokens only (targets of -100 are skipped).
     ``time_limit`` (seconds) stops early, after the step that crosses it.
 
+    It runs on ``Trainer`` (the one training loop; weight decay 0 makes its AdamW Adam).
     Returns a dict: ``losses`` (one float per step), ``steps`` (done), ``seconds`` (wall
     time of the loop), ``stopped_early``.
     """
@@ -63,44 +63,32 @@ def train_seq_task(model, task: SeqTask, steps: int, batch_size: int = 64, lr: f
                          f"{batch_size}")
     n_train = min(steps * batch_size, 100_000) if n_train is None else int(n_train)
     data = task.make_split(n_train, seed=seed, split="train")
-    rng = np.random.default_rng(seed)
+    walk = {"order": None, "pos": n_train}
+
+    def batch(rng):                      # seeded permutations of the pool, batch by batch
+        if walk["pos"] + batch_size > n_train:
+            walk["order"], walk["pos"] = rng.permutation(n_train), 0
+        rows = walk["order"][walk["pos"]:walk["pos"] + batch_size]
+        walk["pos"] += batch_size
+        return _crop(data, rows)
+
     warmup = max(1, steps // 20) if warmup_steps is None else int(warmup_steps)
-    min_lr = lr / 10 if min_lr is None else min_lr
-    params = model.parameters()
-    opt = (optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
-           else optim.Adam(params, lr=lr))
-    sched = optim.WarmupCosineLR(opt, warmup_steps=min(warmup, steps), total_steps=steps,
-                                 min_lr=min_lr)
-    model.train()
-    order, pos = rng.permutation(n_train), 0
-    losses = []
-    t0 = time.perf_counter()
-    stopped = False
-    for step in range(steps):
-        if pos + batch_size > n_train:
-            order, pos = rng.permutation(n_train), 0
-        rows = order[pos:pos + batch_size]
-        pos += batch_size
-        x, y = _crop(data, rows)
-        _, loss = model(x, y)
-        value = float(loss.data)
-        if not math.isfinite(value):
-            raise FloatingPointError(f"train_seq_task: loss is {value} at step {step}")
-        model.zero_grad()
-        loss.backward()
-        if grad_clip:
-            optim.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(value)
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            log(f"step {step:5d}  loss {value:.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
-                f"{time.perf_counter() - t0:6.1f}s")
-        if time_limit is not None and time.perf_counter() - t0 > time_limit:
-            stopped = step < steps - 1
-            break
-    return {"losses": losses, "steps": len(losses), "seconds": time.perf_counter() - t0,
-            "stopped_early": stopped}
+    cfg = TrainConfig(max_steps=steps, lr=lr, min_lr=lr / 10 if min_lr is None else min_lr,
+                      warmup_steps=min(warmup, steps), weight_decay=weight_decay,
+                      beta1=0.9, beta2=0.999, grad_clip=grad_clip, eval_every=steps,
+                      log_every=max(1, log_every or steps), time_limit=time_limit or 0.0,
+                      progress=False, seed=seed)
+    trainer = Trainer(model, batch, None, cfg, log=log)
+    try:
+        r = trainer.fit()
+    except TrainingError as e:
+        raise FloatingPointError(f"train_seq_task: {e}") from None
+    losses = [v for _, v in r.losses]
+    if log_every:
+        for i in range(0, len(losses), log_every):
+            log(f"step {i:5d}  loss {losses[i]:.4f}")
+    return {"losses": losses, "steps": r.steps, "seconds": r.seconds,
+            "stopped_early": r.stopped == "time_limit"}
 
 
 def greedy_answers(model, data: TaskData, batch_size: int = 512) -> list:
