@@ -105,7 +105,8 @@ def cmd_taylor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .train.runs import demo, keep_freed_memory
+    from .train.demo import demo
+    from .train.runs import keep_freed_memory
     _writable_dir(args.out, "--out")
     keep_freed_memory()
     budget = {}
