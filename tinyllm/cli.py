@@ -183,9 +183,7 @@ def cmd_train(args) -> int:
               f"{trainer.model.num_parameters():,} parameters")
     if args.resume:
         print(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
-    from .train.runs import blas_one_thread
-    with blas_one_thread():
-        r = trainer.fit()
+    r = trainer.fit()
     last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
     print(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
           f"{r.best_val:.4f} at step {r.best_step}; {r.seconds:.1f} s, "

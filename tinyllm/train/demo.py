@@ -12,7 +12,7 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..data import get_batch
-from .runs import (blas_one_thread, gpt_trainer, make_settings, rnn_trainer, steps_for_budget,
+from .runs import (gpt_trainer, make_settings, rnn_trainer, steps_for_budget,
                    unigram_baseline)
 
 
@@ -60,9 +60,8 @@ def demo(out: str, log=print, budget: dict | None = None) -> dict:
     # each small product costs more than it saves.
     with _one_thread():
         _demo_rnn(make_settings("rnn", "reversal"), b, out, log, summary)
-    # 2. a small GPT on the embedded corpus (BLAS on one thread: see blas_one_thread)
-    with blas_one_thread():
-        _demo_gpt(b, out, log, summary)
+    # 2. a small GPT on the embedded corpus
+    _demo_gpt(b, out, log, summary)
     # 3. the loss curves together
     curves = os.path.join(out, "loss_curves.png")
     _plot_demo_curves(out, curves)

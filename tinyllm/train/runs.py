@@ -271,16 +271,6 @@ def rnn_trainer(s: dict, out: str | None, resume: bool = False, log=print, **tra
 
 # ------------------------------------------------------------------ timing helpers
 
-def blas_one_thread():
-    """A context in which NumPy's BLAS runs on one thread while the Numba kernels keep every
-    core. OpenBLAS's idle workers spin for a while after each call; on 2 cores they steal
-    the cores from the Numba kernel that follows (a GELU pass ran 1.5x slower right after a
-    GEMM). For the GPTs here the GEMMs are small enough that one thread loses little: a
-    config-A training step measured 134 ms against 147-185 ms with two BLAS threads."""
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(1, user_api="blas")
-
-
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
@@ -328,4 +318,4 @@ def steps_for_budget(model, batch, budget: float, lo: int, hi: int, overhead: fl
 
 __all__ = ["GPT_PRESETS", "RNN_PRESETS", "SettingsError", "make_settings", "build_model",
            "load_model", "gpt_trainer", "rnn_trainer", "unigram_baseline", "keep_freed_memory",
-           "blas_one_thread", "steps_for_budget"]
+           "steps_for_budget"]
