@@ -182,5 +182,48 @@ if HAVE_NUMBA:
         return lambda x: 1.0
 
 
-__all__ = ["HAVE_NUMBA", "njit", "prange", "num_threads", "fexp", "ftanh", "neg_inf", "zero",
-           "one"]
+LANES = 16
+
+
+@njit
+def lane_max(row, acc):
+    """max of a 1-d row, or -inf if empty. Float max does not vectorise as one running value
+    (each step depends on the last) and fastmath would drop NaN/Inf care, so 16 independent
+    lane maxima (``acc``, scratch of length LANES) are kept and reduced at the end."""
+    n = row.shape[0]
+    nv = n - n % LANES
+    for k in range(LANES):
+        acc[k] = neg_inf(row)
+    for j in range(0, nv, LANES):
+        for k in range(LANES):
+            v = row[j + k]
+            acc[k] = v if v > acc[k] else acc[k]
+    m = neg_inf(row)
+    for k in range(LANES):
+        m = acc[k] if acc[k] > m else m
+    for j in range(nv, n):
+        m = row[j] if row[j] > m else m
+    return m
+
+
+@njit
+def lane_sum(row, acc):
+    """sum of a 1-d row in 16 lanes (``acc`` is scratch of length LANES); the same order on
+    every call, so results are bitwise reproducible."""
+    n = row.shape[0]
+    nv = n - n % LANES
+    for k in range(LANES):
+        acc[k] = zero(row)
+    for j in range(0, nv, LANES):
+        for k in range(LANES):
+            acc[k] += row[j + k]
+    s = zero(row)
+    for k in range(LANES):
+        s += acc[k]
+    for j in range(nv, n):
+        s += row[j]
+    return s
+
+
+__all__ = ["HAVE_NUMBA", "LANES", "lane_max", "lane_sum", "njit", "prange", "num_threads", "fexp",
+           "ftanh", "neg_inf", "zero", "one"]

@@ -28,7 +28,8 @@ import numpy as np
 
 from . import Kernel
 from ._check import contiguous, floats
-from ._nb import fexp, neg_inf, njit, num_threads, prange, zero
+from ._nb import LANES as _LANES
+from ._nb import fexp, lane_max, neg_inf, njit, num_threads, prange, zero
 from ..errors import ShapeError
 
 NAME = "cross_entropy"
@@ -123,7 +124,6 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("logits",))
 # The forward writes only the per-row (m, l) and nll; the backward recomputes
 # exp((z - m) - l) straight into dlogits.
 
-_LANES = 16
 
 
 @njit(fastmath={"reassoc"}, error_model="numpy")
@@ -140,7 +140,6 @@ def _row_sum(row):
 def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
     R, V = z.shape
     per = (R + nchunks - 1) // nchunks
-    nv = V - V % _LANES
     for c in prange(nchunks):
         acc = np.empty(_LANES, z.dtype)
         e = np.empty(V, z.dtype)
@@ -151,18 +150,7 @@ def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
                 nll[r] = zero(z)
                 continue
             row = z[r]
-            # 1. row max, in 16 lanes
-            for k in range(_LANES):
-                acc[k] = neg_inf(z)
-            for j in range(0, nv, _LANES):
-                for k in range(_LANES):
-                    v = row[j + k]
-                    acc[k] = v if v > acc[k] else acc[k]
-            m = neg_inf(z)
-            for k in range(_LANES):
-                m = acc[k] if acc[k] > m else m
-            for j in range(nv, V):
-                m = row[j] if row[j] > m else m
+            m = lane_max(row, acc)               # 1. row max, in 16 lanes
             if m == neg_inf(z):
                 m = zero(z)                      # all -inf: l = log 0 = -inf, no NaN here
             # 2. e = exp(z - m) into the chunk's scratch row (a plain loop, so it

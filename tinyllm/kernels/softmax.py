@@ -16,7 +16,8 @@ import numpy as np
 
 from . import Kernel
 from ._check import contiguous, dout_like, floats, out_buffer
-from ._nb import fexp, neg_inf, njit, num_threads, one, prange, zero
+from ._nb import LANES as _LANES
+from ._nb import fexp, lane_max, lane_sum, neg_inf, njit, num_threads, one, prange, zero
 
 NAME = "softmax"
 
@@ -56,8 +57,6 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("x",))
 # vectorises them without fastmath (a plain float max/sum loop is a serial dependency chain);
 # exp is the vectorisable polynomial from _nb.
 
-_LANES = 16
-
 
 @njit(parallel=True)
 def _softmax_rows(x, y, nchunks):
@@ -68,34 +67,13 @@ def _softmax_rows(x, y, nchunks):
         for r in range(c * per, min(R, (c + 1) * per)):
             row = x[r]
             out = y[r]
-            # 1. row max, in 16 lanes
-            for k in range(_LANES):
-                acc[k] = neg_inf(x)
-            nv = V - V % _LANES
-            for j in range(0, nv, _LANES):
-                for k in range(_LANES):
-                    v = row[j + k]
-                    acc[k] = v if v > acc[k] else acc[k]
-            m = neg_inf(x)
-            for k in range(_LANES):
-                m = acc[k] if acc[k] > m else m
-            for j in range(nv, V):
-                m = row[j] if row[j] > m else m
+            m = lane_max(row, acc)                       # 1. row max
             if m == neg_inf(x):
                 m = zero(x)                              # fully -inf row -> all zeros
-            # 2. e = exp(x - m) into the output, summed in 16 lanes
+            # 2. e = exp(x - m) into the output (a plain loop: it vectorises), then its sum
             for j in range(V):
                 out[j] = fexp(row[j] - m)
-            for k in range(_LANES):
-                acc[k] = zero(x)
-            for j in range(0, nv, _LANES):
-                for k in range(_LANES):
-                    acc[k] += out[j + k]
-            s = zero(x)
-            for k in range(_LANES):
-                s += acc[k]
-            for j in range(nv, V):
-                s += out[j]
+            s = lane_sum(out, acc)
             # 3. normalise
             inv = one(x) / s if s != zero(x) else zero(x)      # NaN stays NaN
             for j in range(V):
