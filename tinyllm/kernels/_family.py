@@ -47,6 +47,8 @@ class Family:
     # implementation against the reference: max |impl - ref| / max |ref| per array
     tol: dict = field(default_factory=lambda: {"float32": 1e-5, "float64": 1e-10})
     torch: str | None = None  # name of the PyTorch equivalent in the torch peer (None: none)
+    backward: bool = True     # False: no backward (an optimiser update, a norm); the
+                              # contract test and the bench then check and time forward only
 
     def sizes(self, which: str) -> tuple:
         """``"test"``, ``"quick"`` or ``"full"``."""
