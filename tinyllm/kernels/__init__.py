@@ -40,6 +40,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from ._family import GBPS, GFLOPS, Family, Size, Work
+
 # the family modules, from the package's files (importing none of them)
 FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
                         if not m.name.startswith("_") and not m.ispkg))
@@ -136,4 +138,4 @@ def available(name: str) -> list[str]:
 
 
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
-           "family"]
+           "family", "Family", "Size", "Work", "GBPS", "GFLOPS"]
