@@ -53,18 +53,22 @@ def random_like(out, rng):
     return rng.standard_normal(np.shape(out)).astype(np.asarray(out).dtype)
 
 
-def central_differences(loss, arrays, eps: float = 1e-6, at=None) -> list:
-    """Numerical gradients of the scalar ``loss(arrays)`` with respect to each array in
-    ``arrays`` (a list, float64; each is nudged in place and restored):
+def central_differences(loss, arrays, wrt=None, eps: float = 1e-6, at=None) -> list:
+    """Numerical gradients of the scalar ``loss(arrays)`` with respect to the arrays
+    ``arrays[j]`` for j in ``wrt`` (default: all), float64, each element nudged in place and
+    restored:
 
         dL/dx_i ~ (L(x + eps e_i) - L(x - eps e_i)) / (2 eps)        error O(eps^2)
 
-    ``at`` (optional) is one list of index tuples per array: only those elements are
-    differentiated (the others come back NaN), which keeps big inputs cheap."""
+    Returns one array per j in ``wrt``. ``at`` (optional) holds, per j in ``wrt``, the index
+    tuples to differentiate (None: every element); the other elements come back NaN, which
+    keeps big inputs cheap."""
+    wrt = range(len(arrays)) if wrt is None else wrt
     grads = []
-    for j, a in enumerate(arrays):
+    for n, j in enumerate(wrt):
+        a = arrays[j]
         g = np.full(a.shape, np.nan)
-        idxs = np.ndindex(*a.shape) if at is None or at[j] is None else at[j]
+        idxs = np.ndindex(*a.shape) if at is None or at[n] is None else at[n]
         for idx in idxs:
             old = a[idx]
             a[idx] = old + eps

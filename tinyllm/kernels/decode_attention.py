@@ -258,11 +258,12 @@ def _label(p):
 
 FAMILY = Family(
     NAME, _inputs, _work, label=_label, unit=GBPS, sweep="L",
-    # the GPT generation size; a short prefix of the cache; length 1 with hs 1; odd sizes;
-    # small ones for the finite differences
+    # the GPT generation size; a short prefix of the cache; length 1 with hs 1 (with hs > 1
+    # the true dq and dk at length 1 are 0 and both versions return rounding noise, which
+    # a relative comparison cannot judge: tests/test_kernels_attention.py checks that case);
+    # odd sizes; small ones for the finite differences
     test_sizes=(_size(1, 4, 128, 32), _size(1, 4, 17, 32, Lmax=128), _size(1, 1, 1, 1, Lmax=5),
-                _size(2, 3, 33, 17, Lmax=40), _size(2, 2, 1, 5, Lmax=12),
-                _size(2, 2, 9, 5, Lmax=12), _size(2, 2, 12, 5)),
+                _size(2, 3, 33, 17, Lmax=40), _size(2, 2, 9, 5, Lmax=12), _size(2, 2, 12, 5)),
     quick_sizes=(_size(1, 8, 64, 64), _size(1, 8, 128, 64)),
     full_sizes=tuple(_size(1, 8, L, 64) for L in (128, 256, 512, 1024, 2048)),
     torch="decode_attention")
