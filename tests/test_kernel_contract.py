@@ -111,7 +111,7 @@ def test_family_description(name):
 
 # ---------------------------------------------------------------- finite differences
 
-def check_backward(k, arrays, opts, rng, eps=1e-6, atol=1e-7, rtol=1e-5):
+def check_backward(k, arrays, opts, rng, eps=1e-6, atol=1e-8, rtol=1e-6):
     """The analytic gradients of L = sum(forward(...) * dy), dy random, against central
     differences, on float64 inputs. Raises AssertionError naming the input that is off."""
     arrays = [a.copy() if isinstance(a, np.ndarray) else a for a in arrays]

@@ -183,15 +183,22 @@ if HAVE_NUMBA:
 LANES = 16
 
 
+@njit(inline="always")
+def _lanes_start(acc, value, n):
+    """Fill the LANES accumulators with ``value``; return where the whole groups of LANES
+    elements of a row of ``n`` end (the rest is a scalar tail)."""
+    for k in range(LANES):
+        acc[k] = value
+    return n - n % LANES
+
+
 @njit
 def lane_max(row, acc):
     """max of a 1-d row, or -inf if empty. Float max does not vectorise as one running value
     (each step depends on the last) and fastmath would drop NaN/Inf care, so 16 independent
     lane maxima (``acc``, scratch of length LANES) are kept and reduced at the end."""
     n = row.shape[0]
-    nv = n - n % LANES
-    for k in range(LANES):
-        acc[k] = neg_inf(row)
+    nv = _lanes_start(acc, neg_inf(row), n)
     for j in range(0, nv, LANES):
         for k in range(LANES):
             v = row[j + k]
@@ -209,22 +216,23 @@ def lane_sum(row, acc):
     """sum of a 1-d row in 16 lanes (``acc`` is scratch of length LANES); the same order on
     every call, so results are bitwise reproducible."""
     n = row.shape[0]
-    nv = n - n % LANES
-    for k in range(LANES):
-        acc[k] = zero(row)
+    nv = _lanes_start(acc, zero(row), n)
     for j in range(0, nv, LANES):
         for k in range(LANES):
             acc[k] += row[j + k]
-    return _lanes_total(acc, row, nv, n)
+    s = zero(row)
+    for k in range(LANES):
+        s += acc[k]
+    for j in range(nv, n):
+        s += row[j]
+    return s
 
 
 @njit
 def lane_dot(a, b, acc):
     """sum_j a_j b_j of two 1-d rows in 16 lanes, like ``lane_sum``."""
     n = a.shape[0]
-    nv = n - n % LANES
-    for k in range(LANES):
-        acc[k] = zero(a)
+    nv = _lanes_start(acc, zero(a), n)
     for j in range(0, nv, LANES):
         for k in range(LANES):
             acc[k] += a[j + k] * b[j + k]
@@ -233,17 +241,6 @@ def lane_dot(a, b, acc):
         s += acc[k]
     for j in range(nv, n):
         s += a[j] * b[j]
-    return s
-
-
-@njit(inline="always")
-def _lanes_total(acc, row, nv, n):
-    """The lanes' total plus the row's tail row[nv:n]."""
-    s = zero(row)
-    for k in range(LANES):
-        s += acc[k]
-    for j in range(nv, n):
-        s += row[j]
     return s
 
 

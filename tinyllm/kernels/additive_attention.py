@@ -94,8 +94,7 @@ def forward_ref(h, x, W_q, W_k, v_a, mask=None):
 
 def backward_ref(dout, cache):
     h, x, W_q, W_k, v_a, u, c, alpha = cache
-    B, S, Dx = x.shape
-    A = v_a.shape[0]
+    (B, S, Dx), A = x.shape, v_a.shape[0]
     dc, dalpha = _split_dout(dout, c, alpha)
     if dc is None:
         dc = np.zeros_like(c)                             # (B, Dx)
@@ -292,8 +291,7 @@ def forward_numba(h, x, W_q, W_k, v_a, mask=None):
 
 def backward_numba(dout, cache):
     h, x, W_q, W_k, v_a, u, c, alpha = cache
-    B, S, Dx = x.shape
-    A = v_a.shape[0]
+    (B, S, Dx), A = x.shape, v_a.shape[0]
     dc, dalpha = _split_dout(dout, c, alpha)
     has_dc, has_dalpha = dc is not None, dalpha is not None
     du = np.empty((B, S, A), x.dtype)

@@ -133,8 +133,7 @@ def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
     for c in prange(nchunks):
         acc = np.empty(_LANES, z.dtype)
         e = np.empty(V, z.dtype)
-        lo, hi = chunk(c, nchunks, R)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, R)):
             if t[r] == ignore_index:            # ignored rows: no loss, no gradient
                 lse[r, 0] = zero(z)
                 lse[r, 1] = zero(z)
@@ -159,8 +158,7 @@ def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
 def _ce_bwd_rows(z, t, ignore_index, lse, scale, dz, nchunks):
     R, V = z.shape
     for c in prange(nchunks):
-        lo, hi = chunk(c, nchunks, R)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, R)):
             out = dz[r]
             if t[r] == ignore_index:
                 for j in range(V):

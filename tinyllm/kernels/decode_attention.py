@@ -134,27 +134,25 @@ def _decode_head(qv, kh, vh, L, scale, o, s, acc):
     return m + math.log(tot) if tot > zero(qv) else neg_inf(qv)
 
 
+@njit(inline="always")
+def _fwd_bh(q, k, v, L, scale, out, lse, b, h, s, acc):
+    lse[b, h, 0] = _decode_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0], s, acc)
+
+
 @njit
 def _decode_fwd(q, k, v, L, scale, out, lse):
     B, H = q.shape[0], q.shape[1]
-    s = np.empty(L, q.dtype)
-    acc = np.empty(LANES, q.dtype)
-    for b in range(B):
-        for h in range(H):
-            lse[b, h, 0] = _decode_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                                        s, acc)
+    s, acc = np.empty(L, q.dtype), np.empty(LANES, q.dtype)     # one scratch for all heads
+    for bh in range(B * H):
+        _fwd_bh(q, k, v, L, scale, out, lse, bh // H, bh % H, s, acc)
 
 
 @njit(parallel=True)
 def _decode_fwd_par(q, k, v, L, scale, out, lse):
-    B, H = q.shape[0], q.shape[1]
-    for bh in prange(B * H):
-        b = bh // H
-        h = bh % H
-        s = np.empty(L, q.dtype)
-        acc = np.empty(LANES, q.dtype)
-        lse[b, h, 0] = _decode_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                                    s, acc)
+    H = q.shape[1]
+    for bh in prange(q.shape[0] * H):
+        s, acc = np.empty(L, q.dtype), np.empty(LANES, q.dtype)
+        _fwd_bh(q, k, v, L, scale, out, lse, bh // H, bh % H, s, acc)
 
 
 @njit(inline="always")
@@ -179,29 +177,26 @@ def _decode_bwd_head(qv, kh, vh, L, scale, o, lse, g, dqv, dkh, dvh, s, dp):
     dvh[L:, :] = zero(qv)
 
 
+@njit(inline="always")
+def _bwd_bh(q, k, v, L, scale, out, lse, dout, dq, dk, dv, b, h, s, dp):
+    _decode_bwd_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0], lse[b, h, 0],
+                     dout[b, h, 0], dq[b, h, 0], dk[b, h], dv[b, h], s, dp)
+
+
 @njit
 def _decode_bwd(q, k, v, L, scale, out, lse, dout, dq, dk, dv):
     B, H = q.shape[0], q.shape[1]
-    s = np.empty(L, q.dtype)
-    dp = np.empty(L, q.dtype)
-    for b in range(B):
-        for h in range(H):
-            _decode_bwd_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                             lse[b, h, 0], dout[b, h, 0], dq[b, h, 0], dk[b, h], dv[b, h],
-                             s, dp)
+    s, dp = np.empty(L, q.dtype), np.empty(L, q.dtype)
+    for bh in range(B * H):
+        _bwd_bh(q, k, v, L, scale, out, lse, dout, dq, dk, dv, bh // H, bh % H, s, dp)
 
 
 @njit(parallel=True)
 def _decode_bwd_par(q, k, v, L, scale, out, lse, dout, dq, dk, dv):
-    B, H = q.shape[0], q.shape[1]
-    for bh in prange(B * H):
-        b = bh // H
-        h = bh % H
-        s = np.empty(L, q.dtype)
-        dp = np.empty(L, q.dtype)
-        _decode_bwd_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                         lse[b, h, 0], dout[b, h, 0], dq[b, h, 0], dk[b, h], dv[b, h],
-                         s, dp)
+    H = q.shape[1]
+    for bh in prange(q.shape[0] * H):
+        s, dp = np.empty(L, q.dtype), np.empty(L, q.dtype)
+        _bwd_bh(q, k, v, L, scale, out, lse, dout, dq, dk, dv, bh // H, bh % H, s, dp)
 
 
 def forward_numba(q, k_cache, v_cache, length, scale=None):

@@ -136,8 +136,7 @@ def _row_g_sums(gr, w, xr, mu, rs, pw, pb):
 def _ln_fwd_rows(x, w, b, cf, eps, y, mean, rstd, nchunks):
     R, C = x.shape
     for c in prange(nchunks):
-        lo, hi = chunk(c, nchunks, R)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, R)):
             row = x[r]
             out = y[r]
             mu = row_sum(row) / cf                           # pass 1: mean
@@ -158,8 +157,7 @@ def _ln_bwd_rows(dy, x, w, mean, rstd, cf, dx, dwp, dbp, nchunks):
         for j in range(C):
             pw[j] = zero(x)
             pb[j] = zero(x)
-        lo, hi = chunk(c, nchunks, R)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, R)):
             xr = x[r]
             gr = dy[r]
             out = dx[r]

@@ -143,8 +143,7 @@ def _bias_gelu_fwd(a, b1, h, cst, nchunks):
     s, k, onev = cst[0], cst[1], cst[4]
     m2s = -(onev + onev) * s                                  # -2 s
     for c in prange(nchunks):
-        lo, hi = chunk(c, nchunks, N)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, N)):
             ar = a[r]
             hr = h[r]
             for j in range(H):
@@ -165,8 +164,7 @@ def _gelu_bwd(a, dh, h, dbp, cst, nchunks):
         pb = dbp[c]
         for j in range(H):
             pb[j] = zerov
-        lo, hi = chunk(c, nchunks, N)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, N)):
             ar = a[r]
             gr = dh[r]
             hr = h[r]

@@ -85,8 +85,7 @@ def _softmax_rows(x, y, nchunks):
     R, V = x.shape
     for c in prange(nchunks):
         acc = np.empty(_LANES, x.dtype)
-        lo, hi = chunk(c, nchunks, R)
-        for r in range(lo, hi):
+        for r in range(*chunk(c, nchunks, R)):
             row = x[r]
             out = y[r]
             m = lane_max(row, acc)                       # 1. row max
@@ -107,11 +106,8 @@ def _softmax_bwd_rows(dy, y, dx, nchunks):
     R, V = y.shape
     for c in prange(nchunks):
         acc = np.empty(_LANES, y.dtype)
-        lo, hi = chunk(c, nchunks, R)
-        for r in range(lo, hi):
-            yr = y[r]
-            gr = dy[r]
-            out = dx[r]
+        for r in range(*chunk(c, nchunks, R)):
+            yr, gr, out = y[r], dy[r], dx[r]
             dot = lane_dot(gr, yr, acc)                  # sum_j dy_j y_j
             for j in range(V):
                 out[j] = yr[j] * (gr[j] - dot)
