@@ -52,8 +52,7 @@ def softmax_lse_ref(x):
     """(y, lse): the reference softmax of the rows of x and their logsumexp (..., 1),
     lse = m + log s (-inf for a row that is all -inf)."""
     y, m, s = _softmax_parts(x)
-    with np.errstate(divide="ignore"):
-        return y, m + np.log(s)
+    return y, m + np.log(s, out=np.full_like(s, -np.inf), where=s > 0)
 
 
 def forward_ref(x, out=None):
