@@ -109,7 +109,10 @@ def main(name: str, argv=None) -> int:
         # a family without a backward may update its inputs in place: each call gets a copy
         fresh = (lambda: arrays) if fam.backward else (lambda: copy.deepcopy(arrays))
         if check:
-            out_r, cache_r = ref.forward(*fresh(), **opts)
+            args_r = fresh()
+            out_r, cache_r = ref.forward(*args_r, **opts)
+            if not fam.backward:               # an in-place update: its inputs are outputs
+                out_r = (out_r, args_r)
             dout = random_like(out_r, rng) if fam.backward else None
             grads_r = ref.backward(dout, cache_r) if fam.backward else None
         print(f"\n  {fam.label(size.params)}" + ("" if check else "  (reference skipped)"))
@@ -121,7 +124,10 @@ def main(name: str, argv=None) -> int:
             if impl == "numpy" and not check:
                 continue
             k = get(name, impl)
-            out, cache = k.forward(*fresh(), **opts)
+            args_k = fresh()
+            out, cache = k.forward(*args_k, **opts)
+            if not fam.backward:
+                out = (out, args_k)
             if not check:
                 row = f"  {impl:6s} {'-':>9s} {'-':>9s}"
             else:
@@ -133,11 +139,13 @@ def main(name: str, argv=None) -> int:
                 if dout is None and fam.backward:
                     dout = random_like(out, rng)
 
+                timed = fresh()           # an in-place update must not touch ``arrays``
+
                 def fwd():
-                    return k.forward(*arrays, **opts)
+                    return k.forward(*timed, **opts)
 
                 def fwd_bwd():
-                    return k.backward(dout, k.forward(*arrays, **opts)[1])
+                    return k.backward(dout, k.forward(*timed, **opts)[1])
 
                 timing = dict(warmup=1, min_repeats=args.repeat, max_repeats=100 * args.repeat,
                               budget_s=0.2)
