@@ -109,13 +109,42 @@ def test_only_names_cover_every_family_and_e2e():
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
 def test_torch_peer_has_every_family():
+    import numpy as np
     import torch
 
+    from tinyllm.bench.specs import make_inputs
     from tinyllm.bench.torch_peer import kernel_callables
     for fam, sweep in kernel_specs(quick=True).items():
-        fns = kernel_callables(torch, fam, sweep[0].params)
-        for p in PASSES:
+        spec = sweep[0]
+        if spec.torch is None:
+            continue
+        arrays, opts = make_inputs(spec, np.random.default_rng(0))
+        fns = kernel_callables(torch, spec.torch, list(arrays), opts)
+        for p in spec.passes:
             fns[p]()
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+def test_torch_peer_script_times_the_inputs_it_is_handed(tmp_path):
+    """The peer, run as a plain script, loads the inputs the parent wrote (no tinyllm, no
+    Numba in its process) and times each pass."""
+    import numpy as np
+
+    from tinyllm.bench.kernels import peer_case, run_peer
+    specs = kernel_specs(quick=True)
+    cases = [peer_case(specs[f][0], i, str(tmp_path))
+             for i, f in enumerate(("cross_entropy", "decode_attention"))]
+    assert any("npy" in a for a in cases[0]["args"]) and cases[1]["args"][-1] == {
+        "value": specs["decode_attention"][0].params["L"]}
+    z = np.load(cases[0]["args"][0]["npy"])
+    assert z.dtype == np.float32 and z.shape == (256, 1024)
+    timing = {"warmup": 0, "min_repeats": 1, "max_repeats": 1, "budget_s": 0.0}
+    res = run_peer({"job": "kernels", "timing": timing, "cases": cases}, threads=1,
+                   timeout=120)
+    assert res["errors"] == []
+    assert sorted((r["id"], r["pass"]) for r in res["results"]) == [
+        (i, p) for i in (0, 1) for p in PASSES]
+    assert res["modules"] == {"tinyllm": False, "numba": False}
 
 
 def test_e2e_entries_structure():

@@ -28,8 +28,9 @@ def test_unknown_names_are_errors():
     with pytest.raises(ValueError, match="unknown kernel implementation"):
         with kernels.use("fortran"):
             pass
-    with pytest.raises(RuntimeError, match="no 'cupy' implementation"):
-        kernels.get("softmax", impl="cupy")
+    with pytest.raises(ValueError, match="unknown kernel implementation 'cupy'"):
+        kernels.get("softmax", impl="cupy")          # no GPU version yet: not a name
+    assert kernels.IMPLS == ("numpy", "numba")
 
 
 def test_use_switches_and_restores():
@@ -73,15 +74,24 @@ def test_default_is_numba_when_it_imports():
     assert r.stdout.strip() == "numba", r.stderr
 
 
+def test_families_come_from_the_package_files():
+    import pathlib
+    here = pathlib.Path(kernels.__file__).parent
+    files = sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_"))
+    assert list(kernels.FAMILIES) == files
+    assert {"softmax", "cross_entropy", "layernorm", "mlp", "attention", "additive_attention",
+            "decode_attention"} <= set(kernels.FAMILIES)
+
+
 @pytest.mark.parametrize("name", kernels.FAMILIES)
 def test_every_family_keeps_the_layout(name):
     mod = importlib.import_module(f"tinyllm.kernels.{name}")
     assert mod.__doc__ and len(mod.__doc__) > 100          # the equations live there
     assert mod.REFERENCE.impl == "numpy" and mod.REFERENCE.name == name
     assert mod.NUMBA.impl == "numba" and mod.NUMBA.name == name
-    assert mod.CUPY is None                                # the GPU slot, for a later issue
+    assert not hasattr(mod, "CUPY")                        # no placeholder GPU slot
     assert mod.REFERENCE.inputs == mod.NUMBA.inputs
-    assert callable(mod._cases)
+    assert isinstance(mod.FAMILY, kernels.Family) and kernels.family(name) is mod.FAMILY
 
 
 def test_nothing_compiles_at_import():

@@ -12,7 +12,7 @@ What a run does, in order:
 2. measures the ceilings: copy bandwidth (GB/s) and sgemm / dgemm (GFLOP/s) (``ceilings``),
    at the start and again at the end (the higher counts; a drift over 10% gets a note);
 3. times each kernel family at each size of its sweep (``specs``) for each implementation
-   (the NumPy reference, Numba, CuPy when a GPU is present, torch when it imports) and pass
+   (the NumPy reference, Numba, torch when it imports) and pass
    ("fwd", "fwd+bwd"), after a warm-up, as the median with min and max over repeats
    (``kernels``); torch runs in a separate process (``torch_peer``) so that its thread
    pool and Numba's do not share the two cores;
@@ -39,7 +39,7 @@ JSON (``run`` returns the same dict)::
                   "start": {the same three}, "end": {the same three},
                   "detail": {"start" | "end": {"copy": {...}, "sgemm": {...},
                                                "dgemm": {...}}}},
-     "kernels": [{"name": family, "impl": "numpy" | "numba" | "cupy" | "torch"
+     "kernels": [{"name": family, "impl": "numpy" | "numba" | "torch"
                   | "torch-inproc", "size": str, "pass": "fwd" | "fwd+bwd",
                   "median_ms", "min_ms", "max_ms": float, "repeats": int,
                   "work": float (bytes or FLOPs of one call, as "unit" says),
@@ -135,7 +135,7 @@ def check_args(only=None, json_path=None, plot_path=None, threads=None, repeats=
 
 
 def timing_settings(quick: bool, repeats: int | None) -> dict:
-    """Keyword arguments of ``torch_peer.measure`` for this run."""
+    """Keyword arguments of ``tinyllm.stopwatch.measure`` for this run."""
     if repeats is not None:
         return {"warmup": 1, "min_repeats": repeats, "max_repeats": repeats, "budget_s": 0.0}
     if quick:
@@ -165,12 +165,9 @@ def run(quick: bool = False, only=None, json_path: str | None = None,
     t0 = time.perf_counter()
     timing = timing_settings(quick, repeats)
     have_torch = torch and machine.torch_installed()
-    gpu = machine.gpu()
     notes = []
     if torch and not have_torch:
         notes.append("torch is not installed: no torch figures")
-    if gpu is None:
-        notes.append("no GPU: CuPy not timed")
     try:
         load_start = os.getloadavg()
     except OSError:
@@ -189,7 +186,7 @@ def run(quick: bool = False, only=None, json_path: str | None = None,
         if specs:
             rows, more, peer_info = run_kernels(
                 specs, timing, threads=threads, torch=have_torch,
-                torch_inprocess=torch_inprocess, gpu=gpu is not None, log=log,
+                torch_inprocess=torch_inprocess, log=log,
                 peer_timeout=timeout)
             notes += more
             phases["kernels"] = time.perf_counter() - t0 - sum(phases.values())

@@ -1,12 +1,16 @@
 """Kernel timings: every implementation of every family at every size of the sweep.
 
-tinyllm's implementations (the NumPy reference, Numba, CuPy when a GPU is present) are
-timed in this process through the registry, ``tinyllm.kernels.get(family, impl)``. torch's
-equivalents are timed in a separate process (``torch_peer``), and optionally also in this
-one (impl ``"torch-inproc"``) to show how much the thread pools disturb each other.
+tinyllm's implementations (the NumPy reference and Numba) are timed in this process through
+the registry, ``tinyllm.kernels.get(family, impl)``, on inputs built by the family's
+``FAMILY.inputs`` (float32, seed 0). torch's equivalents are timed in a separate process
+(``torch_peer``) on the very same inputs: this process writes them to ``.npy`` files in a
+temporary folder and the peer loads them, so the peer builds nothing itself. They can also
+be timed in this one (impl ``"torch-inproc"``) to show how much the thread pools disturb
+each other.
 
 "fwd" times ``forward(*arrays)``; "fwd+bwd" times ``backward(dout, forward(*arrays)[1])``
-with a fixed random ``dout``. Each row becomes a JSON record (see ``tinyllm.bench``).
+with a fixed random ``dout`` (families without a backward have "fwd" only). Each row becomes
+a JSON record (see ``tinyllm.bench``). Timing is ``tinyllm.stopwatch``.
 """
 from __future__ import annotations
 
@@ -14,15 +18,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
 from .. import kernels as K
 from ..kernels._harness import random_like
+from ..stopwatch import measure, summarize
 from . import torch_peer
 from .machine import child_env
-from .specs import GBPS, PASSES, make_inputs
-from .torch_peer import measure, summarize
+from .specs import GBPS, make_inputs
 
 
 class PeerError(RuntimeError):
@@ -48,47 +53,17 @@ def run_peer(spec: dict, threads: int, timeout: float) -> dict:
         raise PeerError("the torch peer printed no JSON") from None
 
 
-def _cupy_sync():
-    import cupy
-    cupy.cuda.Device().synchronize()
-
-
-def _to_cupy(x):
-    """Float NumPy arrays (in a tuple, or alone) onto the GPU; anything else as it is."""
-    if isinstance(x, tuple):
-        return tuple(_to_cupy(a) for a in x)
-    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
-        import cupy
-        return cupy.asarray(x)
-    return x
-
-
-def _to_numpy(x):
-    if isinstance(x, tuple):
-        return tuple(_to_numpy(a) for a in x)
-    return x.get() if hasattr(x, "get") else x
-
-
-def our_callables(spec, impl: str) -> tuple:
-    """({"fwd": fn, "fwd+bwd": fn}, sync) for tinyllm's ``impl`` of one kernel case."""
+def our_callables(spec, impl: str) -> dict:
+    """{"fwd": fn, "fwd+bwd": fn} for tinyllm's ``impl`` of one kernel case."""
     k = K.get(spec.family, impl)
     rng = np.random.default_rng(0)
     arrays, opts = make_inputs(spec, rng)
-    sync = None
-    if impl == "cupy":
-        arrays, sync = _to_cupy(arrays), _cupy_sync
-    out, _ = k.forward(*arrays, **opts)
-    dout = random_like(_to_numpy(out), rng)
-    if impl == "cupy":
-        dout = _to_cupy(dout)
-    fns = {"fwd": lambda: k.forward(*arrays, **opts),
-           "fwd+bwd": lambda: k.backward(dout, k.forward(*arrays, **opts)[1])}
-    return fns, sync
-
-
-def impls_for(family: str, gpu: bool) -> list:
-    """tinyllm implementations to time: those the registry has here; CuPy only on a GPU."""
-    return [i for i in K.available(family) if i != "cupy" or gpu]
+    fns = {"fwd": lambda: k.forward(*arrays, **opts)}
+    if "fwd+bwd" in spec.passes:
+        out, _ = k.forward(*arrays, **opts)
+        dout = random_like(out, rng)
+        fns["fwd+bwd"] = lambda: k.backward(dout, k.forward(*arrays, **opts)[1])
+    return fns
 
 
 def _row(spec, impl, pass_, stats) -> dict:
@@ -107,14 +82,34 @@ def _row(spec, impl, pass_, stats) -> dict:
             "x": spec.x, "x_name": spec.x_name, "params": spec.params, "dtype": spec.dtype}
 
 
+def _hand_over(value, folder: str, stem: str):
+    """One argument of a kernel call as the peer reads it: an array as a ``.npy`` file, a
+    plain value as itself."""
+    if isinstance(value, np.ndarray):
+        path = os.path.join(folder, stem + ".npy")
+        np.save(path, value)
+        return {"npy": path}
+    return {"value": value.item() if isinstance(value, np.generic) else value}
+
+
+def peer_case(spec, case_id: int, folder: str) -> dict:
+    """The torch peer's description of one case: its inputs (built here by
+    ``FAMILY.inputs``, seed 0, as for tinyllm's own timing) written under ``folder``."""
+    arrays, opts = make_inputs(spec, np.random.default_rng(0))
+    return {"id": case_id, "family": spec.family, "torch": spec.torch, "label": spec.label,
+            "passes": list(spec.passes),
+            "args": [_hand_over(a, folder, f"{case_id}_{j}") for j, a in enumerate(arrays)],
+            "opts": {k: _hand_over(v, folder, f"{case_id}_{k}") for k, v in opts.items()}}
+
+
 def run_kernels(specs: dict, timing: dict, *, threads: int, torch: bool,
-                torch_inprocess: bool, gpu: bool, log, peer_timeout: float) -> tuple:
+                torch_inprocess: bool, log, peer_timeout: float) -> tuple:
     """(rows, notes, torch info or None): one row per family x size x implementation x
     pass."""
     rows, notes, peer_info = [], [], None
-    cases = []                                  # for the torch peer
+    cases = []                                  # specs the torch peer has an equivalent for
     for family, sweep in specs.items():
-        impls = impls_for(family, gpu)
+        impls = K.available(family)
         for spec in sweep:
             for impl in impls:
                 if impl == "numpy" and not spec.ref:
@@ -122,9 +117,9 @@ def run_kernels(specs: dict, timing: dict, *, threads: int, torch: bool,
                                  f"or too big at this size)")
                     continue
                 try:
-                    fns, sync = our_callables(spec, impl)
-                    for pass_ in PASSES:
-                        st = summarize(measure(fns[pass_], sync=sync, **timing))
+                    fns = our_callables(spec, impl)
+                    for pass_ in spec.passes:
+                        st = summarize(measure(fns[pass_], **timing))
                         rows.append(_row(spec, impl, pass_, st))
                         log(f"  {family:18s} {spec.label:28s} {impl:6s} {pass_:8s} "
                             f"{st['median_ms']:10.3f} ms")
@@ -133,25 +128,26 @@ def run_kernels(specs: dict, timing: dict, *, threads: int, torch: bool,
                                  f"{type(e).__name__}: {e}")
                     log(f"  {notes[-1]}")
             if spec.torch:
-                cases.append((spec, {"id": len(cases), "family": family, "label": spec.label,
-                                     "params": spec.params, "passes": list(PASSES)}))
+                cases.append(spec)
     if torch and cases:
         log(f"  torch: {len(cases)} cases in a separate process ...")
-        try:
-            res = run_peer({"job": "kernels", "timing": timing,
-                            "cases": [c for _, c in cases]}, threads, peer_timeout)
-        except PeerError as e:
-            notes.append(f"torch kernels not timed: {e}")
-            log(f"  {e}")
-        else:
-            peer_info = res.get("torch")
-            notes.extend(f"torch: {e}" for e in res.get("errors", []))
-            by_id = {c["id"]: s for s, c in cases}
-            for r in res["results"]:
-                rows.append(_row(by_id[r["id"]], "torch", r["pass"], summarize(r["times_s"])))
+        with tempfile.TemporaryDirectory(prefix="tinyllm-bench-") as folder:
+            try:
+                job = [peer_case(s, i, folder) for i, s in enumerate(cases)]
+                res = run_peer({"job": "kernels", "timing": timing, "cases": job}, threads,
+                               peer_timeout)
+            except PeerError as e:
+                notes.append(f"torch kernels not timed: {e}")
+                log(f"  {e}")
+            else:
+                peer_info = res.get("torch")
+                notes.extend(f"torch: {e}" for e in res.get("errors", []))
+                for r in res["results"]:
+                    rows.append(_row(cases[r["id"]], "torch", r["pass"],
+                                     summarize(r["times_s"])))
     if torch and torch_inprocess and cases:
         log("  torch, in this process (beside Numba's pool) ...")
-        rows.extend(_torch_inprocess([s for s, _ in cases], timing, threads))
+        rows.extend(_torch_inprocess(cases, timing, threads))
     ratio_to_torch(rows)
     return rows, notes, peer_info
 
@@ -161,8 +157,9 @@ def _torch_inprocess(specs, timing, threads) -> list:
     torch.set_num_threads(threads)
     out = []
     for spec in specs:
-        fns = torch_peer.kernel_callables(torch, spec.family, spec.params)
-        for pass_ in PASSES:
+        arrays, opts = make_inputs(spec, np.random.default_rng(0))
+        fns = torch_peer.kernel_callables(torch, spec.torch, list(arrays), opts)
+        for pass_ in spec.passes:
             st = summarize(measure(fns[pass_], **timing))
             out.append(_row(spec, "torch-inproc", pass_, st))
     return out

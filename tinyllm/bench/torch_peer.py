@@ -9,21 +9,25 @@ lesson 10), and a separate process also keeps torch's memory apart from tinyllm'
 
 Jobs (``spec["job"]``):
 
-- ``"kernels"``: ``spec["cases"]`` is a list of ``{"id", "family", "params", "passes"}``
-  (``tinyllm.bench.specs.KernelSpec`` fields); each is timed as torch's equivalent op:
-  softmax → ``torch.softmax``; cross_entropy → ``F.cross_entropy(ignore_index=-100)``;
-  layernorm → ``F.layer_norm``; mlp → ``addmm``, tanh ``gelu``, ``addmm``; attention and
-  decode_attention → ``F.scaled_dot_product_attention``; additive_attention → the same
-  equations written in torch (tanh scores, masked softmax, weighted sum). "fwd" runs under
-  ``torch.no_grad()``; "fwd+bwd" makes the inputs ``requires_grad`` and takes
-  ``torch.autograd.grad`` with a random upstream gradient. Returns the raw times.
+- ``"kernels"``: ``spec["cases"]`` is a list of ``{"id", "family", "torch", "label",
+  "passes", "args", "opts"}``. The inputs are not built here: the benchmark builds them with
+  the family's ``FAMILY.inputs`` and hands them over, each argument either ``{"npy": path}``
+  (an array in a ``.npy`` file) or ``{"value": v}``. ``case["torch"]`` (the family's
+  ``FAMILY.torch``) names the torch equivalent in ``TORCH`` below, called with the same
+  arguments as tinyllm's forward (arrays as tensors): softmax → ``torch.softmax``;
+  cross_entropy → ``F.cross_entropy(ignore_index=-100)``; layernorm → ``F.layer_norm``;
+  mlp → ``addmm``, tanh ``gelu``, ``addmm``; attention and decode_attention →
+  ``F.scaled_dot_product_attention``; additive_attention → the same equations written in
+  torch (tanh scores, masked softmax, weighted sum). "fwd" runs under ``torch.no_grad()``;
+  "fwd+bwd" makes the float inputs ``requires_grad`` and takes ``torch.autograd.grad`` with a
+  random upstream gradient. Returns the raw times.
 - ``"e2e"``: a minimal GPT-2 in torch (``TorchGPT``: pre-norm blocks, SDPA, tanh GELU,
   tied head, a preallocated KV cache for decoding) with the config in ``spec["model"]``:
   training steps (forward, backward, clip to norm 1, AdamW) and greedy generation with and
   without the KV cache, plus the process's resident memory.
 
-``measure`` below is the one stopwatch both sides use (tinyllm's timing imports it from
-here), so both are timed the same way.
+Timing is ``tinyllm/stopwatch.py`` (``measure``, ``summarize``), loaded by its file path when
+this runs as a script, so both sides are timed the same way.
 """
 from __future__ import annotations
 
@@ -31,40 +35,31 @@ import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
 
-# ------------------------------------------------------------------ shared timing and memory
-
-def measure(fn, warmup: int = 2, min_repeats: int = 5, max_repeats: int = 50,
-            budget_s: float = 1.0, sync=None) -> list:
-    """Seconds of each of at least ``min_repeats`` (and, while ``budget_s`` lasts, up to
-    ``max_repeats``) calls of ``fn``, after ``warmup`` untimed calls. ``sync`` (e.g. a GPU
-    synchronise) runs inside each timed interval."""
-    for _ in range(warmup):
-        fn()
-        if sync is not None:
-            sync()
-    times = []
-    t_end = time.perf_counter() + budget_s
-    while len(times) < min_repeats or (len(times) < max_repeats
-                                       and time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return times
+def _stopwatch():
+    """tinyllm's stopwatch module: imported normally inside the package, loaded by file path
+    (tinyllm/stopwatch.py imports nothing from tinyllm) when this runs as a plain script."""
+    try:
+        from .. import stopwatch
+        return stopwatch
+    except ImportError:
+        import importlib.util
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                            "stopwatch.py")
+        spec = importlib.util.spec_from_file_location("tinyllm_stopwatch", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
 
 
-def summarize(times) -> dict:
-    """Median, min and max in milliseconds, and how many repeats."""
-    t = np.asarray(times, dtype=np.float64) * 1e3
-    return {"median_ms": float(np.median(t)), "min_ms": float(t.min()),
-            "max_ms": float(t.max()), "repeats": int(t.size)}
+_sw = _stopwatch()
+measure, summarize = _sw.measure, _sw.summarize
 
+
+# ------------------------------------------------------------------ memory
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's high-water mark of this process's resident memory (Linux ≥ 4.0:
@@ -97,78 +92,79 @@ def rss_mb() -> dict:
 
 
 # ------------------------------------------------------------------ kernels
+# torch's equivalent of each family, called like tinyllm's forward(*args, **opts)
 
-def _kernel_case(torch, family: str, p: dict, gen):
-    """(forward fn of the inputs, inputs, differentiable-input flags) for one case."""
+def _softmax(torch, x):
+    return torch.softmax(x, -1)
+
+
+def _cross_entropy(torch, z, t, ignore_index=-100):
+    return torch.nn.functional.cross_entropy(z, t, ignore_index=ignore_index)
+
+
+def _layernorm(torch, x, w, b, eps=1e-5):
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def _mlp(torch, x, W1, b1, W2, b2):
     F = torch.nn.functional
-
-    def randn(*shape, scale=1.0):
-        return torch.randn(*shape, generator=gen) * scale
-
-    if family == "softmax":
-        return (lambda x: torch.softmax(x, -1)), [randn(*p["shape"], scale=3.0)], [True]
-    if family == "cross_entropy":
-        t = torch.randint(0, p["V"], (p["N"],), generator=gen)
-        t[::7] = -100
-        return ((lambda z: F.cross_entropy(z, t, ignore_index=-100)),
-                [randn(p["N"], p["V"], scale=3.0)], [True])
-    if family == "layernorm":
-        C = p["C"]
-        return ((lambda x, w, b: F.layer_norm(x, (C,), w, b, 1e-5)),
-                [randn(p["N"], C, scale=2.0) + 0.5, 1 + randn(C, scale=0.1),
-                 randn(C, scale=0.1)], [True] * 3)
-    if family == "mlp":
-        N, C, H = p["N"], p["C"], p["H"]
-
-        def mlp(x, W1, b1, W2, b2):
-            return torch.addmm(b2, F.gelu(torch.addmm(b1, x, W1), approximate="tanh"), W2)
-        return mlp, [randn(N, C), randn(C, H, scale=C ** -0.5), randn(H, scale=0.1),
-                     randn(H, C, scale=H ** -0.5), randn(C, scale=0.1)], [True] * 5
-    if family == "attention":
-        shape = (p["B"], p["H"], p["T"], p["hs"])
-        causal = bool(p["causal"])
-        return ((lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)),
-                [randn(*shape) for _ in range(3)], [True] * 3)
-    if family == "decode_attention":
-        B, H, L, Lmax, hs = p["B"], p["H"], p["L"], p["Lmax"], p["hs"]
-        return ((lambda q, k, v: F.scaled_dot_product_attention(q, k[:, :, :L], v[:, :, :L])),
-                [randn(B, H, 1, hs), randn(B, H, Lmax, hs), randn(B, H, Lmax, hs)], [True] * 3)
-    if family == "additive_attention":
-        B, S, Dh, Dx, A = p["B"], p["S"], p["Dh"], p["Dx"], p["A"]
-        mask = None
-        if p.get("masked"):
-            mask = torch.arange(S)[None, :] <= (torch.arange(B) % S)[:, None]
-
-        def additive(h, x, W_q, W_k, v_a):
-            u = torch.tanh((h @ W_q)[:, None, :] + x @ W_k)          # (B, S, A)
-            e = u @ v_a                                              # (B, S)
-            if mask is not None:
-                e = e.masked_fill(~mask, float("-inf"))
-            alpha = torch.softmax(e, -1)                             # (B, S)
-            c = torch.bmm(alpha[:, None, :], x)[:, 0]                # (B, Dx)
-            return c, alpha
-        return additive, [randn(B, Dh), randn(B, S, Dx), randn(Dh, A, scale=Dh ** -0.5),
-                          randn(Dx, A, scale=Dx ** -0.5), randn(A)], [True] * 5
-    raise KeyError(f"torch peer: no equivalent for kernel family {family!r}")
+    return torch.addmm(b2, F.gelu(torch.addmm(b1, x, W1), approximate="tanh"), W2)
 
 
-def kernel_callables(torch, family: str, params: dict, seed: int = 0) -> dict:
-    """{"fwd": fn, "fwd+bwd": fn}: torch's equivalent of one kernel case, ready to time."""
+def _attention(torch, q, k, v, causal=True):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+
+
+def _decode_attention(torch, q, k, v, L):
+    return torch.nn.functional.scaled_dot_product_attention(q, k[:, :, :L], v[:, :, :L])
+
+
+def _additive_attention(torch, h, x, W_q, W_k, v_a, mask=None):
+    u = torch.tanh((h @ W_q)[:, None, :] + x @ W_k)          # (B, S, A)
+    e = u @ v_a                                              # (B, S)
+    if mask is not None:
+        e = e.masked_fill(~mask, float("-inf"))
+    alpha = torch.softmax(e, -1)                             # (B, S)
+    c = torch.bmm(alpha[:, None, :], x)[:, 0]                # (B, Dx)
+    return c, alpha
+
+
+TORCH = {"softmax": _softmax, "cross_entropy": _cross_entropy, "layernorm": _layernorm,
+         "mlp": _mlp, "attention": _attention, "decode_attention": _decode_attention,
+         "additive_attention": _additive_attention}
+
+
+def _load(arg):
+    return np.load(arg["npy"]) if "npy" in arg else arg["value"]
+
+
+def kernel_callables(torch, name: str, args: list, opts: dict, seed: int = 0) -> dict:
+    """{"fwd": fn, "fwd+bwd": fn}: torch's equivalent ``TORCH[name]`` of one kernel case on
+    the given NumPy inputs (arrays become tensors; float arrays are the differentiable
+    inputs), ready to time."""
+    if name not in TORCH:
+        raise KeyError(f"torch peer: no equivalent named {name!r}")
+    fn = TORCH[name]
     gen = torch.Generator().manual_seed(seed)
-    fn, inputs, diff = _kernel_case(torch, family, params, gen)
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+    inputs = [tensor(a) for a in args]
+    kw = {k: tensor(v) for k, v in opts.items()}
     with torch.no_grad():
-        out = fn(*inputs)
+        out = fn(torch, *inputs, **kw)
     outs = out if isinstance(out, tuple) else (out,)
     douts = [torch.randn(o.shape, generator=gen) for o in outs]
-    leaves = [x.detach().requires_grad_(d) for x, d in zip(inputs, diff)]
-    wrt = [x for x in leaves if x.requires_grad]
+    leaves = [x.detach().requires_grad_(True) if torch.is_tensor(x) and x.is_floating_point()
+              else x for x in inputs]
+    wrt = [x for x in leaves if torch.is_tensor(x) and x.requires_grad]
 
     def fwd():
         with torch.no_grad():
-            fn(*inputs)
+            fn(torch, *inputs, **kw)
 
     def fwd_bwd():
-        o = fn(*leaves)
+        o = fn(torch, *leaves, **kw)
         o = o if isinstance(o, tuple) else (o,)
         torch.autograd.grad(o, wrt, douts)
 
@@ -181,14 +177,17 @@ def run_kernels(spec: dict) -> dict:
     results, errors = [], []
     for case in spec["cases"]:
         try:
-            fns = kernel_callables(torch, case["family"], case["params"])
+            fns = kernel_callables(torch, case["torch"], [_load(a) for a in case["args"]],
+                                   {k: _load(v) for k, v in case["opts"].items()})
             for pass_ in case["passes"]:
                 results.append({"id": case["id"], "pass": pass_,
                                 "times_s": measure(fns[pass_], **timing)})
         except Exception as e:  # noqa: BLE001  (one failing case must not lose the rest)
             errors.append(f"{case['family']} {case.get('label', '')}: "
                           f"{type(e).__name__}: {e}")
-    return {"results": results, "errors": errors}
+    # what this process has imported, for the test that it stays free of tinyllm and Numba
+    modules = {m: m in sys.modules for m in ("tinyllm", "numba")}
+    return {"results": results, "errors": errors, "modules": modules}
 
 
 # ------------------------------------------------------------------ a minimal GPT-2 in torch

@@ -1,42 +1,52 @@
 """Hot kernels: plain array functions, one module per family, no Tensor in sight.
 
-Each family module (``softmax``, ``cross_entropy``, ``layernorm``, ``mlp``, ``attention``,
-``additive_attention``, ``decode_attention``) holds
+Each family module ``tinyllm/kernels/<name>.py`` (every module here without a leading
+underscore is one; ``FAMILIES`` lists them from the package's files, nothing keeps a list by
+hand) holds
 
 1. the NumPy reference, the specification: readable, with the equation and shapes;
 2. the Numba CPU version, compiled lazily on first call (``cache=True``), never at import;
-3. a slot for the CuPy GPU version (``CUPY = None`` until it exists).
+3. ``FAMILY = Family(...)`` (``_family.py``): how to build its inputs at a size, the work a
+   call does, its test / quick / full sizes, its tolerance and its PyTorch equivalent. The
+   contract test, ``python -m tinyllm.kernels.<name>``, ``tinyllm bench`` and the torch peer
+   all read it.
 
 All of them keep one contract::
 
     out, cache = k.forward(*arrays, **options)
     grads      = k.backward(dout, cache)        # a tuple, one per differentiable input
 
-Pick an implementation with ``get``::
+(families without a backward, such as an optimiser update, set ``FAMILY.backward = False``
+and ``Kernel.backward = None``). Pick an implementation with ``get``::
 
     k = tl.kernels.get("softmax")               # the current default
     k = tl.kernels.get("softmax", impl="numpy") # the reference
+    tl.kernels.family("softmax").sizes("test")  # the declarative description
 
 The default comes from, in order: ``with tl.kernels.use("numpy"):``, the ``TINYLLM_KERNELS``
 environment variable (``numpy`` or ``numba``), and otherwise ``numba`` when Numba imports.
 ``tl.functional`` asks the registry on every call, so one setting switches the whole engine.
 
 ``python -m tinyllm.kernels.<family>`` checks every implementation against the reference and
-then times it.
+then times it (``_harness.py``).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import os
+import pkgutil
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
-FAMILIES = ("softmax", "cross_entropy", "layernorm", "mlp", "attention", "additive_attention",
-            "decode_attention")
-IMPLS = ("numpy", "numba", "cupy")
-_ATTR = {"numpy": "REFERENCE", "numba": "NUMBA", "cupy": "CUPY"}
+from ._family import GBPS, GFLOPS, Family, Size, Work
+
+# the family modules, from the package's files (importing none of them)
+FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
+                        if not m.name.startswith("_") and not m.ispkg))
+IMPLS = ("numpy", "numba")
+_ATTR = {"numpy": "REFERENCE", "numba": "NUMBA"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class Kernel:
     name: str
     impl: str
     forward: Callable
-    backward: Callable
+    backward: Callable | None       # None for a family without a backward (FAMILY.backward)
     inputs: tuple
 
     def __repr__(self):
@@ -115,6 +125,11 @@ def get(name: str, impl: str | None = None) -> Kernel:
     return k
 
 
+def family(name: str):
+    """The declarative description ``Family`` of kernel family ``name`` (its ``FAMILY``)."""
+    return module(name).FAMILY
+
+
 def available(name: str) -> list[str]:
     """The implementations of ``name`` that can run on this machine."""
     mod = module(name)
@@ -122,4 +137,5 @@ def available(name: str) -> list[str]:
             and (i != "numba" or _numba_available())]
 
 
-__all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module"]
+__all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
+           "family", "Family", "Size", "Work", "GBPS", "GFLOPS"]

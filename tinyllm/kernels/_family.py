@@ -11,7 +11,11 @@ benchmark record and sent to another process), plus whether the NumPy reference 
 running at that size. ``inputs(params, dtype, rng)`` turns parameters into the arrays and
 options of ``forward(*arrays, **options)``; ``work(params, itemsize)`` counts one call's
 floating-point operations and the bytes that must move through memory at least once (read +
-write, STREAM's convention), forward and backward.
+write, STREAM's convention), forward and backward. ``label(params)`` names a size in tables
+and benchmark records; ``sweep`` is the name of the x axis of the time-against-size plot and
+``sweep_value(params)`` its value (by default ``params[sweep]``).
+
+The module imports nothing from tinyllm, so it can describe a family to any consumer.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ class Family:
     work: Callable            # (params, itemsize) -> Work
     label: Callable           # params -> a short human label, e.g. "B1 H8 T1024 hs64 causal"
     unit: str                 # GBPS or GFLOPS: the figure the family is judged by
-    sweep: str                # the params key on the x axis of the time-vs-size plot
+    sweep: str                # the name of the x axis of the time-vs-size plot
     test_sizes: tuple         # Sizes for the contract test: small and awkward
     quick_sizes: tuple        # Sizes for ``tinyllm bench --quick``
     full_sizes: tuple         # Sizes for ``tinyllm bench`` and ``python -m``
@@ -49,6 +53,7 @@ class Family:
     torch: str | None = None  # name of the PyTorch equivalent in the torch peer (None: none)
     backward: bool = True     # False: no backward (an optimiser update, a norm); the
                               # contract test and the bench then check and time forward only
+    sweep_value: Callable | None = None   # params -> the x of the plot (None: params[sweep])
 
     def sizes(self, which: str) -> tuple:
         """``"test"``, ``"quick"`` or ``"full"``."""
@@ -58,3 +63,7 @@ class Family:
         except KeyError:
             raise KeyError(f"{self.name}: sizes are 'test', 'quick' or 'full', "
                            f"not {which!r}") from None
+
+    def x(self, params: dict):
+        """The sweep variable's value at ``params`` (the plot's x)."""
+        return self.sweep_value(params) if self.sweep_value else params[self.sweep]

@@ -35,7 +35,8 @@ from ..errors import ShapeError
 from . import Kernel
 from . import softmax as _softmax
 from ._check import contiguous, dout_like, floats, ndim, shape
-from ._nb import fexp, neg_inf, njit, num_threads, one, prange, zero
+from ._family import GFLOPS, Family, Size, Work
+from ._nb import chunk, dot, fexp, neg_inf, njit, num_threads, one, prange, zero
 
 NAME = "additive_attention"
 
@@ -93,8 +94,7 @@ def forward_ref(h, x, W_q, W_k, v_a, mask=None):
 
 def backward_ref(dout, cache):
     h, x, W_q, W_k, v_a, u, c, alpha = cache
-    B, S, Dx = x.shape
-    A = v_a.shape[0]
+    (B, S, Dx), A = x.shape, v_a.shape[0]
     dc, dalpha = _split_dout(dout, c, alpha)
     if dc is None:
         dc = np.zeros_like(c)                             # (B, Dx)
@@ -131,7 +131,7 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("h", "x", "W_q", "
 # The two one-line elementwise passes (kp + qp, dx += alpha_i dc) always run on this thread:
 # each parallel function costs seconds of cold compile for little gain.
 #
-# Dot products are a separate function with fastmath {'reassoc', 'contract'} (a plain sum,
+# Dot products are _nb.dot, compiled with fastmath {'reassoc', 'contract'} (a plain sum,
 # DESIGN.md §6) so they vectorise; 16 lane accumulators, as in softmax, were ~4x slower on
 # rows of 128.
 #
@@ -143,15 +143,6 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("h", "x", "W_q", "
 # reference's u.
 
 _PAR_WORK = 1 << 21        # B*S*(A+Dx) from which the row loops use every thread
-
-
-@njit(fastmath={"reassoc", "contract"})
-def _dot(p, q):
-    """sum_k p[k] q[k]: a plain sum, so reassociation is allowed and lets it vectorise."""
-    s = zero(p)
-    for k in range(p.shape[0]):
-        s += p[k] * q[k]
-    return s
 
 
 @njit
@@ -179,7 +170,7 @@ def _fwd_range(b0, b1, u, x, v, mask, has_mask, alpha, c):
             if has_mask and not mask[b, i]:
                 ab[i] = neg_inf(u)                        # masked: exp(-inf) = 0
                 continue
-            ei = _dot(u[b, i], v)                         # e_i = v_a . u_i      (4.2b)
+            ei = dot(u[b, i], v)                         # e_i = v_a . u_i      (4.2b)
             ab[i] = ei
             m = ei if ei > m else m
         if m == neg_inf(u):
@@ -217,7 +208,7 @@ def _bwd_range(b0, b1, x, u, alpha, v, dc, has_dc, dalpha, has_dalpha, du, dqp, 
             if has_dalpha:
                 gi = dalpha[b, i]
             if has_dc and ab[i] != zero(u):               # alpha_i = 0: g_i is never used
-                gi += _dot(dc[b], x[b, i])                # g_i = dalpha_i + dc . x_i
+                gi += dot(dc[b], x[b, i])                # g_i = dalpha_i + dc . x_i
             g[i] = gi
             sg += ab[i] * gi
         dq = dqp[b]
@@ -257,19 +248,16 @@ def _add_value_path(alpha, dc, dx):
 
 @njit(parallel=True)
 def _fwd_par(nchunks, u, x, v, mask, has_mask, alpha, c):
-    B = u.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for ch in prange(nchunks):
-        _fwd_range(ch * per, min(B, (ch + 1) * per), u, x, v, mask, has_mask, alpha, c)
+        lo, hi = chunk(ch, nchunks, u.shape[0])
+        _fwd_range(lo, hi, u, x, v, mask, has_mask, alpha, c)
 
 
 @njit(parallel=True)
 def _bwd_par(nchunks, x, u, alpha, v, dc, has_dc, dalpha, has_dalpha, du, dqp, dvp):
-    B = u.shape[0]
-    per = (B + nchunks - 1) // nchunks
     for ch in prange(nchunks):
-        _bwd_range(ch * per, min(B, (ch + 1) * per), x, u, alpha, v, dc, has_dc, dalpha,
-                   has_dalpha, du, dqp, dvp)
+        lo, hi = chunk(ch, nchunks, u.shape[0])
+        _bwd_range(lo, hi, x, u, alpha, v, dc, has_dc, dalpha, has_dalpha, du, dqp, dvp)
 
 
 def _nchunks(B, S, A, Dx) -> int:
@@ -303,8 +291,7 @@ def forward_numba(h, x, W_q, W_k, v_a, mask=None):
 
 def backward_numba(dout, cache):
     h, x, W_q, W_k, v_a, u, c, alpha = cache
-    B, S, Dx = x.shape
-    A = v_a.shape[0]
+    (B, S, Dx), A = x.shape, v_a.shape[0]
     dc, dalpha = _split_dout(dout, c, alpha)
     has_dc, has_dalpha = dc is not None, dalpha is not None
     du = np.empty((B, S, A), x.dtype)
@@ -330,43 +317,76 @@ def backward_numba(dout, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("h", "x", "W_q", "W_k", "v_a"))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _mask(p, rng):
+    """The (B, S) mask of ``params["masked"]``: False/None none; True causal-like (row b may
+    attend to the first 1 + b % S positions); "random" ~60% kept, position 0 always;
+    "empty_row" the same with row B // 2 attending to nothing."""
+    B, S, kind = p["B"], p["S"], p.get("masked")
+    if not kind:
+        return None
+    if kind is True:
+        return np.arange(S)[None, :] <= (np.arange(B) % S)[:, None]
+    mask = rng.random((B, S)) < 0.6
+    mask[:, 0] = True
+    if kind == "empty_row":
+        mask[B // 2] = False
+    return mask
 
 
-# ---------------------------------------------------------------- check and time
+def _inputs(p, dtype, rng):
+    B, S, Dh, Dx, A = p["B"], p["S"], p["Dh"], p["Dx"], p["A"]
 
-def _cases():
-    from ._harness import Case
+    def randn(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(dtype)
+    arrays = (randn(B, Dh), randn(B, S, Dx), randn(Dh, A, scale=Dh ** -0.5),
+              randn(Dx, A, scale=Dx ** -0.5), randn(A))
+    mask = _mask(p, rng)
+    return arrays, ({} if mask is None else {"mask": mask})
 
-    def make(B, S, Dh, Dx, A, masked):
-        def mk(dt, rng):
-            arrays = (rng.standard_normal((B, Dh)).astype(dt),
-                      rng.standard_normal((B, S, Dx)).astype(dt),
-                      (rng.standard_normal((Dh, A)) / np.sqrt(Dh)).astype(dt),
-                      (rng.standard_normal((Dx, A)) / np.sqrt(Dx)).astype(dt),
-                      rng.standard_normal(A).astype(dt))
-            opts = {}
-            if masked:     # causal-like: row b may attend to the first 1 + b % S positions
-                opts["mask"] = np.arange(S)[None, :] <= (np.arange(B) % S)[:, None]
-            return arrays, opts
-        return mk
 
-    cases = []
-    for B, S, Dh, Dx, A, masked in ((64, 20, 128, 128, 128, False),
-                                    (64, 20, 128, 128, 128, True),
-                                    (32, 40, 64, 64, 64, False),
-                                    (256, 64, 256, 256, 256, False)):
-        # forward: the GEMMs 2BDhA + 2BSDxA, then per (b, i) A adds + A tanh + 2A for the
-        # score, and 2Dx for the context. Backward: g (2BSDx), du (~4BSA), dqp and dv_a
-        # (4BSA), dh and dW_q (4BDhA), dx and dW_k (4BSDxA), the value path (2BSDx).
-        fwd = 2 * B * Dh * A + 2 * B * S * Dx * A + B * S * (4 * A + 2 * Dx)
-        bwd = 4 * B * Dh * A + 4 * B * S * Dx * A + B * S * (8 * A + 4 * Dx)
-        label = f"B={B} S={S} Dh={Dh} Dx={Dx} A={A}" + (" masked" if masked else "")
-        cases.append(Case(label, make(B, S, Dh, Dx, A, masked), fwd, bwd))
-    return cases
+def _work(p, it):
+    B, S, Dh, Dx, A = p["B"], p["S"], p["Dh"], p["Dx"], p["A"]
+    # forward: the GEMMs 2BDhA + 2BSDxA, then per (b, i) A adds + A tanh + 2A for the
+    # score, and 2Dx for the context. Backward: g (2BSDx), du (~4BSA), dqp and dv_a
+    # (4BSA), dh and dW_q (4BDhA), dx and dW_k (4BSDxA), the value path (2BSDx).
+    fwd = 2 * B * Dh * A + 2 * B * S * Dx * A + B * S * (4 * A + 2 * Dx)
+    bwd = 4 * B * Dh * A + 4 * B * S * Dx * A + B * S * (8 * A + 4 * Dx)
+    # bytes: forward reads h, x, W_q, W_k, v_a, writes c and alpha; backward reads them again
+    # with dc, dalpha, writes dh, dx, dW_q, dW_k
+    fb = (B * Dh + B * S * Dx + Dh * A + Dx * A + A + B * Dx + B * S) * it
+    bb = (2 * B * Dh + 2 * B * S * Dx + 2 * Dh * A + 2 * Dx * A + 2 * B * S + B * Dx) * it
+    return Work((fwd, bwd), (fb, bb))
+
+
+def _size(B, S, Dh, Dx=None, A=None, masked=False):
+    Dx, A = Dh if Dx is None else Dx, Dh if A is None else A
+    return Size({"B": B, "S": S, "Dh": Dh, "Dx": Dx, "A": A, "masked": masked})
+
+
+def _label(p):
+    if p["Dh"] == p["Dx"] == p["A"]:
+        dims = f"D={p['Dh']}"
+    else:
+        dims = f"Dh={p['Dh']} Dx={p['Dx']} A={p['A']}"
+    kind = p["masked"]
+    return f"B={p['B']} S={p['S']} {dims}" + ("" if not kind else " masked" if kind is True
+                                              else f" mask={kind}")
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=_label, unit=GFLOPS, sweep="S",
+    # odd and mismatched sizes, B = 1, S = 1, an RNN-like shape; with and without masks
+    test_sizes=tuple(_size(*s, masked=m) for s in ((3, 5, 4, 6, 7), (1, 1, 3, 2, 5),
+                                                  (3, 4, 3, 5, 6), (2, 17, 16, 33, 19),
+                                                  (4, 20, 24, 32, 40))
+                     for m in (False, "random", "empty_row")),
+    quick_sizes=(_size(16, 8, 64), _size(16, 16, 64)),
+    full_sizes=tuple(_size(64, S, 128) for S in (16, 32, 64, 128, 256)),
+    torch="additive_attention")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)

@@ -40,7 +40,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import Kernel
+from . import softmax as _softmax
 from ._check import contiguous, dout_like, floats, ndim
+from ._family import GFLOPS, Family, Size, Work
 from ._nb import fexp, neg_inf, njit, one, prange, zero
 from ..errors import ShapeError
 
@@ -81,12 +83,9 @@ def _scores_ref(q, k, scale, causal):
 def forward_ref(q, k, v, causal=True, scale=None):
     scale = _check(q, k, v, scale)
     s = _scores_ref(q, k, scale, bool(causal))            # (B, H, T, T)
-    m = s.max(axis=-1, keepdims=True)                     # (B, H, T, 1)  m_t (finite: s=0)
-    e = np.exp(s - m)                                     # (B, H, T, T)  masked -> 0
-    z = e.sum(axis=-1, keepdims=True)                     # (B, H, T, 1)  l_t >= 1
-    p = e / z                                             # (B, H, T, T)  P_ts
+    p, lse = _softmax.softmax_lse_ref(s)                  # P_ts (masked -> 0), lse_t (.., 1)
     out = p @ v                                           # (B, H, T, hs) out_t = sum_s P_ts v_s
-    lse = (m + np.log(z))[..., 0]                         # (B, H, T)     lse_t
+    lse = lse[..., 0]                                     # (B, H, T)     lse_t
     return out, _cache(q, k, v, out, lse, scale, bool(causal))
 
 
@@ -350,31 +349,48 @@ def backward_numba(dout, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("q", "k", "v"))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _inputs(p, dtype, rng):
+    shape = (p["B"], p["H"], p["T"], p["hs"])
+    return tuple((rng.standard_normal(shape)).astype(dtype) for _ in range(3)), \
+        {"causal": p["causal"]}
 
 
-# ---------------------------------------------------------------- check and time
+def _work(p, it):
+    B, H, T, hs, causal = p["B"], p["H"], p["T"], p["hs"], p["causal"]
+    # FLOPs: Q K^T and P V are 2 T T hs each per head (half when causal); the backward does
+    # five such products (recomputed S, dV, dP, dQ, dK): about 2.5x
+    f = 2 * 2 * B * H * T * T * hs // (2 if causal else 1)
+    n = B * H * T * hs
+    # bytes: forward reads q, k, v, writes out (+ lse); backward reads q, k, v, out, dout,
+    # lse, writes dq, dk, dv
+    return Work((f, int(2.5 * f)), ((4 * n + B * H * T) * it, (8 * n + B * H * T) * it))
 
-def _cases():
-    from ._harness import Case
 
-    def make(B, H, T, hs, causal):
-        def f(dt, rng):
-            q, k, v = (rng.standard_normal((B, H, T, hs)).astype(dt) for _ in range(3))
-            return (q, k, v), {"causal": causal}
-        return f
-    cases = []
-    for B, H, T, hs, causal in ((1, 8, 1024, 64, True), (1, 8, 1024, 64, False),
-                                (4, 4, 256, 32, True), (1, 12, 257, 64, True)):
-        # FLOPs: Q K^T and P V are 2 T T hs each per head (half of it when causal); the
-        # backward does five such products (recomputed S, dV, dP, dQ, dK): about 2.5x
-        fwd = 2 * 2 * B * H * T * T * hs / (2 if causal else 1)
-        cases.append(Case(f"B{B} H{H} T{T} hs{hs} {'causal' if causal else 'full'}",
-                          make(B, H, T, hs, causal), fwd, 2.5 * fwd))
-    return cases
+def _size(B, H, T, hs, causal=True, ref=True):
+    return Size({"B": B, "H": H, "T": T, "hs": hs, "causal": causal}, ref)
+
+
+def _label(p):
+    return f"B{p['B']} H{p['H']} T{p['T']} hs{p['hs']} {'causal' if p['causal'] else 'full'}"
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=_label, unit=GFLOPS, sweep="T",
+    # T=1; T = tile + 1 with odd hs; hs=1; hs=256 at small T; several tiles, B>1; and two
+    # small ones for the finite differences; each causal and full
+    test_sizes=tuple(_size(*s, causal=c) for s in ((1, 1, 1, 3), (2, 2, 6, 3), (1, 1, 67, 4),
+                                                  (2, 3, 65, 17), (1, 2, 64, 1),
+                                                  (1, 1, 40, 256), (2, 2, 130, 32))
+                     for c in (True, False)),
+    quick_sizes=(_size(1, 8, 64, 64), _size(1, 8, 128, 64)),
+    # the reference builds T x T scores and keeps four of them in its backward: at T=2048
+    # that is ~0.5 GB and seconds per call, so it stops at 1024
+    full_sizes=tuple(_size(1, 8, T, 64, ref=T <= 1024) for T in (128, 256, 512, 1024, 2048)),
+    torch="attention")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)

@@ -28,8 +28,9 @@ import numpy as np
 
 from . import Kernel
 from ._check import contiguous, floats
+from ._family import GBPS, Family, Size, Work
 from ._nb import LANES as _LANES
-from ._nb import fexp, lane_max, neg_inf, njit, num_threads, prange, zero
+from ._nb import chunk, chunks, fexp, lane_max, neg_inf, njit, prange, row_sum, zero
 from ..errors import ShapeError
 
 NAME = "cross_entropy"
@@ -118,7 +119,7 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("logits",))
 # Rows are split into a few chunks per thread. Per row: the max uses 16 lane accumulators
 # (a plain float max loop is one serial dependency chain; the lanes give 16 independent
 # ones, ~2x faster here), and exp is the vectorisable polynomial from _nb. exp is written to
-# a per-chunk scratch row by a plain loop and then summed by a reassoc-only helper: calling
+# a per-chunk scratch row by a plain loop and then summed by _nb.row_sum (reassoc only): calling
 # fexp inside the lane loop (acc[k] += fexp(...)) did not vectorise and ran ~10x slower, and
 # the reassoc sum is ~3x faster than a 16-lane sum, which compiled to scalar adds here.
 # The forward writes only the per-row (m, l) and nll; the backward recomputes
@@ -126,24 +127,13 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("logits",))
 
 
 
-@njit(fastmath={"reassoc"}, error_model="numpy")
-def _row_sum(row):
-    """A plain sum, with reassociation allowed (DESIGN 6: at most reassoc on plain sums) so
-    LLVM vectorises it; no exp, max or masking in here."""
-    s = zero(row)
-    for j in range(row.shape[0]):
-        s += row[j]
-    return s
-
-
 @njit(parallel=True, error_model="numpy")
 def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
     R, V = z.shape
-    per = (R + nchunks - 1) // nchunks
     for c in prange(nchunks):
         acc = np.empty(_LANES, z.dtype)
         e = np.empty(V, z.dtype)
-        for r in range(c * per, min(R, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, R)):
             if t[r] == ignore_index:            # ignored rows: no loss, no gradient
                 lse[r, 0] = zero(z)
                 lse[r, 1] = zero(z)
@@ -157,7 +147,7 @@ def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
             #    vectorises), then its plain sum
             for j in range(V):
                 e[j] = fexp(row[j] - m)
-            s = _row_sum(e)
+            s = row_sum(e)
             lg = np.log(s)
             lse[r, 0] = m
             lse[r, 1] = lg
@@ -167,9 +157,8 @@ def _ce_fwd_rows(z, t, ignore_index, lse, nll, nchunks):
 @njit(parallel=True, error_model="numpy")
 def _ce_bwd_rows(z, t, ignore_index, lse, scale, dz, nchunks):
     R, V = z.shape
-    per = (R + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for r in range(c * per, min(R, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, R)):
             out = dz[r]
             if t[r] == ignore_index:
                 for j in range(V):
@@ -183,17 +172,13 @@ def _ce_bwd_rows(z, t, ignore_index, lse, scale, dz, nchunks):
             out[t[r]] -= scale
 
 
-def _chunks(rows: int) -> int:
-    return max(1, min(rows, 4 * num_threads()))
-
-
 def forward_numba(logits, targets, ignore_index=-100):
     z, t, keep = _check(logits, targets, ignore_index)
     N, V = z.shape
     lse = np.empty((N, 2), z.dtype)
     nll = np.empty(N, z.dtype)
     if N:
-        _ce_fwd_rows(z, t, np.int64(ignore_index), lse, nll, _chunks(N))
+        _ce_fwd_rows(z, t, np.int64(ignore_index), lse, nll, chunks(N))
     n = int(keep.sum())
     return _mean(nll, keep, n, z.dtype), (z, t, lse, n, ignore_index)
 
@@ -206,36 +191,46 @@ def backward_numba(dloss, cache):
         dz[...] = 0
         return (dz,)
     scale = dloss / z.dtype.type(n)
-    _ce_bwd_rows(z, t, np.int64(ignore_index), lse, scale, dz, _chunks(z.shape[0]))
+    _ce_bwd_rows(z, t, np.int64(ignore_index), lse, scale, dz, chunks(z.shape[0]))
     return (dz,)
 
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("logits",))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _inputs(p, dtype, rng):
+    N, V = p["N"], p["V"]
+    t = rng.integers(0, V, size=N)
+    if p.get("ignored", True):
+        t[::7] = -100                                     # some ignored rows
+    return ((rng.standard_normal((N, V)) * 3).astype(dtype), t), {}
 
 
-# ---------------------------------------------------------------- check and time
+def _work(p, it):
+    N, V = p["N"], p["V"]
+    n = N * V
+    # forward reads the logits (and the int64 targets); backward reads them and writes
+    # dlogits. FLOPs (nominal): max, sub, exp, sum (4 n) and exp, scale, one-hot (3 n)
+    return Work((4 * n, 3 * n), (n * it + 8 * N, 2 * n * it + 8 * N))
 
-def _cases():
-    from ._harness import Case
 
-    def make(N, V):
-        def mk(dt, rng):
-            z = (rng.standard_normal((N, V)) * 3).astype(dt)
-            t = rng.integers(0, V, size=N)
-            t[::7] = -100                                     # some ignored rows
-            return (z, t), {}
-        return mk
-    cases = []
-    for N, V in ((8192, 8192), (2048, 50257), (64, 1000)):
-        # bytes that must move: forward reads z; backward reads z and writes dz
-        cases.append(Case(f"logits ({N}, {V})", make(N, V), lambda it, n=N * V: n * it,
-                          lambda it, n=N * V: 2 * n * it, "GB/s"))
-    return cases
+def _size(N, V, ignored=True):
+    return Size({"N": N, "V": V} if ignored else {"N": N, "V": V, "ignored": False})
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=lambda p: f"logits ({p['N']}, {p['V']})", unit=GBPS,
+    sweep="N",
+    # one class; one row; odd V around the 16 lanes; V past a few hundred; every 7th row
+    # (row 0 first) ignored where ``ignored``
+    test_sizes=(_size(1, 1, False), _size(1, 7, False), _size(5, 7), _size(6, 17),
+                _size(33, 100), _size(8, 257)),
+    quick_sizes=(_size(256, 1024), _size(1024, 1024)),
+    full_sizes=tuple(_size(N, 8192) for N in (512, 1024, 2048, 4096, 8192)),
+    torch="cross_entropy")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)

@@ -37,8 +37,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import Kernel
+from . import softmax as _softmax
 from ._check import dout_like, floats
-from ._nb import fexp, neg_inf, njit, one, prange, zero
+from ._family import GBPS, Family, Size, Work
+from ._nb import LANES, dot, fexp, lane_sum, neg_inf, njit, one, prange, zero
 from ..errors import ShapeError
 
 NAME = "decode_attention"
@@ -79,11 +81,9 @@ def forward_ref(q, k_cache, v_cache, length, scale=None):
     k = k_cache[:, :, :L]                                 # (B, H, L, hs) valid keys
     v = v_cache[:, :, :L]                                 # (B, H, L, hs) valid values
     s = (q @ k.swapaxes(-1, -2)) * scale                  # (B, H, 1, L)  S_s = c q.k_s
-    m = s.max(axis=-1, keepdims=True)                     # (B, H, 1, 1)
-    e = np.exp(s - m)                                     # (B, H, 1, L)
-    z = e.sum(axis=-1, keepdims=True)                     # (B, H, 1, 1)  >= 1
-    out = (e / z) @ v                                     # (B, H, 1, hs) sum_s P_s v_s
-    lse = (m + np.log(z))[..., 0]                         # (B, H, 1)
+    p, lse = _softmax.softmax_lse_ref(s)                  # (B, H, 1, L)  P_s; lse (.., 1)
+    out = p @ v                                           # (B, H, 1, hs) sum_s P_s v_s
+    lse = lse[..., 0]                                     # (B, H, 1)
     return out, _cache(q, k_cache, v_cache, L, out, lse, scale)
 
 
@@ -107,23 +107,12 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("q", "k_cache", "v
 
 
 # ---------------------------------------------------------------- Numba CPU
-# Per head (b, h): the scores are L dot products over the first L cache rows (vectorised
-# with reassociation), the softmax's exp is one vectorised fexp pass and its sum uses 16 lane
-# accumulators, and the output is one BLAS matrix-vector product over the first L value rows
+# Per head (b, h): the scores are L dot products over the first L cache rows (_nb.dot,
+# vectorised with reassociation), the softmax's exp is one vectorised fexp pass and its sum
+# uses 16 lane accumulators (_nb.lane_sum), and the output is one BLAS matrix-vector product over the first L value rows
 # (a contiguous slice, no copy).
 
-_LANES = 16
 _PARALLEL_WORK = 1 << 17      # BH * L * hs above which the prange version is used
-
-
-@njit(fastmath={"reassoc", "contract"})
-def _dot(a, b):
-    """sum_d a_d b_d. A plain sum, so reassociation is allowed (DESIGN.md §6): LLVM then
-    vectorises it, which made the scores ~2x faster than a BLAS gemv at hs=32, L=128."""
-    s = zero(a)
-    for d in range(a.shape[0]):
-        s += a[d] * b[d]
-    return s
 
 
 @njit(inline="always")
@@ -131,23 +120,13 @@ def _decode_head(qv, kh, vh, L, scale, o, s, acc):
     """out row o for one head; s (L,) and acc (16,) are scratch. Returns the lse."""
     m = neg_inf(qv)
     for j in range(L):
-        x = _dot(kh[j], qv) * scale                       # S_j = c q . k_j
+        x = dot(kh[j], qv) * scale                       # S_j = c q . k_j
         s[j] = x
         m = x if x > m else m
     mu = m if m != neg_inf(qv) else zero(qv)
     for j in range(L):                                    # vectorises: no sum in this loop
         s[j] = fexp(s[j] - mu)
-    nv = L - L % _LANES
-    for k in range(_LANES):
-        acc[k] = zero(qv)
-    for j in range(0, nv, _LANES):
-        for k in range(_LANES):
-            acc[k] += s[j + k]
-    tot = zero(qv)
-    for k in range(_LANES):
-        tot += acc[k]
-    for j in range(nv, L):
-        tot += s[j]
+    tot = lane_sum(s[:L], acc)
     np.dot(s, vh[:L], o)                                  # o = sum_j p_j v_j
     inv = one(qv) / tot if tot > zero(qv) else zero(qv)
     for d in range(o.shape[0]):
@@ -155,27 +134,25 @@ def _decode_head(qv, kh, vh, L, scale, o, s, acc):
     return m + math.log(tot) if tot > zero(qv) else neg_inf(qv)
 
 
+@njit(inline="always")
+def _fwd_bh(q, k, v, L, scale, out, lse, b, h, s, acc):
+    lse[b, h, 0] = _decode_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0], s, acc)
+
+
 @njit
 def _decode_fwd(q, k, v, L, scale, out, lse):
     B, H = q.shape[0], q.shape[1]
-    s = np.empty(L, q.dtype)
-    acc = np.empty(_LANES, q.dtype)
-    for b in range(B):
-        for h in range(H):
-            lse[b, h, 0] = _decode_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                                        s, acc)
+    s, acc = np.empty(L, q.dtype), np.empty(LANES, q.dtype)     # one scratch for all heads
+    for bh in range(B * H):
+        _fwd_bh(q, k, v, L, scale, out, lse, bh // H, bh % H, s, acc)
 
 
 @njit(parallel=True)
 def _decode_fwd_par(q, k, v, L, scale, out, lse):
-    B, H = q.shape[0], q.shape[1]
-    for bh in prange(B * H):
-        b = bh // H
-        h = bh % H
-        s = np.empty(L, q.dtype)
-        acc = np.empty(_LANES, q.dtype)
-        lse[b, h, 0] = _decode_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                                    s, acc)
+    H = q.shape[1]
+    for bh in prange(q.shape[0] * H):
+        s, acc = np.empty(L, q.dtype), np.empty(LANES, q.dtype)
+        _fwd_bh(q, k, v, L, scale, out, lse, bh // H, bh % H, s, acc)
 
 
 @njit(inline="always")
@@ -186,8 +163,8 @@ def _decode_bwd_head(qv, kh, vh, L, scale, o, lse, g, dqv, dkh, dvh, s, dp):
         Dv += g[d] * o[d]                                 # D = dO . out
         dqv[d] = zero(qv)
     for j in range(L):
-        s[j] = _dot(kh[j], qv) * scale                    # S_j, as the forward has it
-        dp[j] = _dot(vh[j], g)                            # dp_j = dO . v_j
+        s[j] = dot(kh[j], qv) * scale                    # S_j, as the forward has it
+        dp[j] = dot(vh[j], g)                            # dp_j = dO . v_j
     for j in range(L):
         p = fexp(s[j] - lse)                              # P_j = exp(S_j - lse)
         ds = p * (dp[j] - Dv) * scale                     # c dS_j
@@ -200,29 +177,26 @@ def _decode_bwd_head(qv, kh, vh, L, scale, o, lse, g, dqv, dkh, dvh, s, dp):
     dvh[L:, :] = zero(qv)
 
 
+@njit(inline="always")
+def _bwd_bh(q, k, v, L, scale, out, lse, dout, dq, dk, dv, b, h, s, dp):
+    _decode_bwd_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0], lse[b, h, 0],
+                     dout[b, h, 0], dq[b, h, 0], dk[b, h], dv[b, h], s, dp)
+
+
 @njit
 def _decode_bwd(q, k, v, L, scale, out, lse, dout, dq, dk, dv):
     B, H = q.shape[0], q.shape[1]
-    s = np.empty(L, q.dtype)
-    dp = np.empty(L, q.dtype)
-    for b in range(B):
-        for h in range(H):
-            _decode_bwd_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                             lse[b, h, 0], dout[b, h, 0], dq[b, h, 0], dk[b, h], dv[b, h],
-                             s, dp)
+    s, dp = np.empty(L, q.dtype), np.empty(L, q.dtype)
+    for bh in range(B * H):
+        _bwd_bh(q, k, v, L, scale, out, lse, dout, dq, dk, dv, bh // H, bh % H, s, dp)
 
 
 @njit(parallel=True)
 def _decode_bwd_par(q, k, v, L, scale, out, lse, dout, dq, dk, dv):
-    B, H = q.shape[0], q.shape[1]
-    for bh in prange(B * H):
-        b = bh // H
-        h = bh % H
-        s = np.empty(L, q.dtype)
-        dp = np.empty(L, q.dtype)
-        _decode_bwd_head(q[b, h, 0], k[b, h], v[b, h], L, scale, out[b, h, 0],
-                         lse[b, h, 0], dout[b, h, 0], dq[b, h, 0], dk[b, h], dv[b, h],
-                         s, dp)
+    H = q.shape[1]
+    for bh in prange(q.shape[0] * H):
+        s, dp = np.empty(L, q.dtype), np.empty(L, q.dtype)
+        _bwd_bh(q, k, v, L, scale, out, lse, dout, dq, dk, dv, bh // H, bh % H, s, dp)
 
 
 def forward_numba(q, k_cache, v_cache, length, scale=None):
@@ -251,30 +225,45 @@ def backward_numba(dout, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("q", "k_cache", "v_cache"))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _inputs(p, dtype, rng):
+    B, H, Lmax, hs = p["B"], p["H"], p["Lmax"], p["hs"]
+    return (rng.standard_normal((B, H, 1, hs)).astype(dtype),
+            rng.standard_normal((B, H, Lmax, hs)).astype(dtype),
+            rng.standard_normal((B, H, Lmax, hs)).astype(dtype), p["L"]), {}
 
 
-# ---------------------------------------------------------------- check and time
+def _work(p, it):
+    B, H, L, hs = p["B"], p["H"], p["L"], p["hs"]
+    n = B * H * L * hs
+    # FLOPs: q.k_s and sum_s P_s v_s are 2 L hs each per head; backward about 3x.
+    # bytes: forward reads the L cached keys and values; backward reads them, writes dk, dv
+    return Work((4 * n, 12 * n), ((2 * n + 2 * B * H * hs) * it, (4 * n + 4 * B * H * hs) * it))
 
-def _cases():
-    from ._harness import Case
 
-    def make(B, H, Lmax, L, hs):
-        def f(dt, rng):
-            q = rng.standard_normal((B, H, 1, hs)).astype(dt)
-            k, v = (rng.standard_normal((B, H, Lmax, hs)).astype(dt) for _ in range(2))
-            return (q, k, v, L), {}
-        return f
-    cases = []
-    for B, H, Lmax, L, hs in ((1, 4, 128, 128, 32), (1, 4, 128, 17, 32), (8, 12, 1024, 1000, 64)):
-        # FLOPs: q.k_s and sum_s P_s v_s are 2 L hs each per head; backward about 3x that
-        fwd = 4 * B * H * L * hs
-        cases.append(Case(f"B{B} H{H} L{L}/{Lmax} hs{hs}", make(B, H, Lmax, L, hs), fwd,
-                          3 * fwd))
-    return cases
+def _size(B, H, L, hs, Lmax=None):
+    return Size({"B": B, "H": H, "L": L, "Lmax": L if Lmax is None else Lmax, "hs": hs})
+
+
+def _label(p):
+    cap = f"/{p['Lmax']}" if p["Lmax"] != p["L"] else ""
+    return f"B{p['B']} H{p['H']} L{p['L']}{cap} hs{p['hs']}"
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=_label, unit=GBPS, sweep="L",
+    # the GPT generation size; a short prefix of the cache; length 1 with hs 1 (with hs > 1
+    # the true dq and dk at length 1 are 0 and both versions return rounding noise, which
+    # a relative comparison cannot judge: tests/test_kernels_attention.py checks that case);
+    # odd sizes; small ones for the finite differences
+    test_sizes=(_size(1, 4, 128, 32), _size(1, 4, 17, 32, Lmax=128), _size(1, 1, 1, 1, Lmax=5),
+                _size(2, 3, 33, 17, Lmax=40), _size(2, 2, 9, 5, Lmax=12), _size(2, 2, 12, 5)),
+    quick_sizes=(_size(1, 8, 64, 64), _size(1, 8, 128, 64)),
+    full_sizes=tuple(_size(1, 8, L, 64) for L in (128, 256, 512, 1024, 2048)),
+    torch="decode_attention")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)

@@ -25,7 +25,8 @@ import numpy as np
 
 from . import Kernel
 from ._check import contiguous, dout_like, floats, shape
-from ._nb import njit, num_threads, one, prange, zero
+from ._family import GBPS, Family, Size, Work
+from ._nb import chunk, chunks, njit, one, prange, row_sum, zero
 from ..errors import ShapeError
 
 NAME = "layernorm"
@@ -93,7 +94,8 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("x", "weight", "bi
 # The chunking depends only on the row count (never on the thread count), so dweight/dbias
 # are bitwise the same from run to run and from one thread setting to another.
 #
-# The row sums are small helpers compiled with fastmath={'reassoc'} only (DESIGN 6 allows it
+# The row sums are small helpers (_nb.row_sum and the two below) compiled with
+# fastmath={'reassoc'} only (DESIGN 6 allows it
 # on plain sums; no exp, max or masking is involved, and NaN/Inf still propagate): LLVM then
 # vectorises them with several accumulators. The 16-lane-accumulator trick of softmax
 # compiled to scalar adds here, ~2.5x slower per pass than the reassoc sum (measured, 768
@@ -101,14 +103,6 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("x", "weight", "bi
 
 _BWD_CHUNKS = 64
 _SUMS = {"reassoc"}
-
-
-@njit(fastmath=_SUMS, error_model="numpy")
-def _row_sum(row):
-    s = zero(row)
-    for j in range(row.shape[0]):
-        s += row[j]
-    return s
 
 
 @njit(fastmath=_SUMS, error_model="numpy")
@@ -141,12 +135,11 @@ def _row_g_sums(gr, w, xr, mu, rs, pw, pb):
 @njit(parallel=True, error_model="numpy")
 def _ln_fwd_rows(x, w, b, cf, eps, y, mean, rstd, nchunks):
     R, C = x.shape
-    per = (R + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for r in range(c * per, min(R, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, R)):
             row = x[r]
             out = y[r]
-            mu = _row_sum(row) / cf                           # pass 1: mean
+            mu = row_sum(row) / cf                           # pass 1: mean
             var = _row_sq_dev(row, mu) / cf                   # pass 2: biased variance
             rs = one(x) / np.sqrt(var + eps)
             mean[r] = mu
@@ -158,14 +151,13 @@ def _ln_fwd_rows(x, w, b, cf, eps, y, mean, rstd, nchunks):
 @njit(parallel=True, error_model="numpy")
 def _ln_bwd_rows(dy, x, w, mean, rstd, cf, dx, dwp, dbp, nchunks):
     R, C = x.shape
-    per = (R + nchunks - 1) // nchunks
     for c in prange(nchunks):
         pw = dwp[c]
         pb = dbp[c]
         for j in range(C):
             pw[j] = zero(x)
             pb[j] = zero(x)
-        for r in range(c * per, min(R, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, R)):
             xr = x[r]
             gr = dy[r]
             out = dx[r]
@@ -193,7 +185,7 @@ def forward_numba(x, weight, bias, eps=1e-5):
         w = weight if weight is not None else np.ones(C, x.dtype)
         b = bias if bias is not None else np.zeros(C, x.dtype)
         _ln_fwd_rows(x2, w, b, dt(C), dt(eps), y.reshape(x2.shape), mean.reshape(R),
-                     rstd.reshape(R), max(1, min(R, 4 * num_threads())))
+                     rstd.reshape(R), chunks(R))
     return y, (x, weight, bias, mean, rstd)
 
 
@@ -220,32 +212,44 @@ def backward_numba(dy, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("x", "weight", "bias"))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _inputs(p, dtype, rng):
+    N, C = p["N"], p["C"]
+    dt = np.dtype(dtype)
+    shp = tuple(p.get("shape", (N, C)))                   # leading axes, if given
+    return ((rng.standard_normal(shp) * 2).astype(dt) + dt.type(0.5),
+            1 + (rng.standard_normal(C) * 0.1).astype(dt),
+            (rng.standard_normal(C) * 0.1).astype(dt)), {}
 
 
-# ---------------------------------------------------------------- check and time
+def _work(p, it):
+    N, C = p["N"], p["C"]
+    n = N * C
+    # forward reads x, writes y; backward reads dy, x, writes dx (+ the C-sized params).
+    # FLOPs (nominal): mean, var, normalise, scale+shift (~8 n); backward ~12 n
+    return Work((8 * n, 12 * n), ((2 * n + 2 * C) * it, (3 * n + 3 * C) * it))
 
-def _cases():
-    from ._harness import Case
 
-    def make(shp):
-        def mk(dt, rng):
-            C = shp[-1]
-            x = (rng.standard_normal(shp) * 2 + 0.5).astype(dt)
-            w = (1 + 0.1 * rng.standard_normal(C)).astype(dt)
-            b = (0.1 * rng.standard_normal(C)).astype(dt)
-            return (x, w, b), {}
-        return mk
-    cases = []
-    for shp in ((8192, 768), (16, 1024, 768), (64, 100)):
-        n = int(np.prod(shp))
-        # bytes that must move: forward reads x, writes y; backward reads dy, x, writes dx
-        cases.append(Case(f"x {shp}", make(shp), lambda it, n=n: 2 * n * it,
-                          lambda it, n=n: 3 * n * it, "GB/s"))
-    return cases
+def _size(*shape):
+    """x of this shape, rows N = prod(shape[:-1]), C = shape[-1]."""
+    p = {"N": int(np.prod(shape[:-1])), "C": shape[-1]}
+    return Size(p if len(shape) == 2 else dict(p, shape=list(shape)))
+
+
+def _label(p):
+    return f"x {tuple(p['shape'])}" if "shape" in p else f"x ({p['N']}, {p['C']})"
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=_label, unit=GBPS, sweep="N",
+    test_sizes=(_size(1, 1), _size(1, 7), _size(3, 6), _size(2, 2, 5), _size(5, 33),
+                _size(2, 3, 48), _size(70, 100)),
+    quick_sizes=(_size(256, 768), _size(1024, 768)),
+    full_sizes=tuple(_size(N, 768) for N in (512, 1024, 2048, 4096, 8192)),
+    torch="layernorm")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)

@@ -38,7 +38,8 @@ import numpy as np
 
 from . import Kernel
 from ._check import contiguous, dout_like, floats, ndim, shape
-from ._nb import fexp, njit, num_threads, prange
+from ._family import GFLOPS, Family, Size, Work
+from ._nb import chunk, chunks, fexp, njit, prange
 from ..errors import ShapeError
 
 NAME = "mlp"
@@ -141,9 +142,8 @@ def _bias_gelu_fwd(a, b1, h, cst, nchunks):
     N, H = a.shape
     s, k, onev = cst[0], cst[1], cst[4]
     m2s = -(onev + onev) * s                                  # -2 s
-    per = (N + nchunks - 1) // nchunks
     for c in prange(nchunks):
-        for r in range(c * per, min(N, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, N)):
             ar = a[r]
             hr = h[r]
             for j in range(H):
@@ -160,12 +160,11 @@ def _gelu_bwd(a, dh, h, dbp, cst, nchunks):
     s, k, k3, onev, zerov = cst[0], cst[1], cst[2], cst[4], cst[5]
     m2s = -(onev + onev) * s                                  # -2 s
     two_s = (onev + onev) * s                                 # 2 s
-    per = (N + nchunks - 1) // nchunks
     for c in prange(nchunks):
         pb = dbp[c]
         for j in range(H):
             pb[j] = zerov
-        for r in range(c * per, min(N, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, N)):
             ar = a[r]
             gr = dh[r]
             hr = h[r]
@@ -189,7 +188,7 @@ def forward_numba(x, W1, b1, W2, b2):
     np.matmul(x2, W1, out=a)
     if N:
         _bias_gelu_fwd(a, b1 if b1 is not None else np.zeros(H, x.dtype), h, _consts(x.dtype),
-                       max(1, min(N, 4 * num_threads())))
+                       chunks(N))
     np.matmul(h, W2, out=y)
     if b2 is not None:
         y += b2
@@ -220,30 +219,44 @@ def backward_numba(dy, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("x", "W1", "b1", "W2", "b2"))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _inputs(p, dtype, rng):
+    N, C, H = p["N"], p["C"], p["H"]
+    Co = p.get("Co", C)                                   # C_out, C unless given
+    shapes = [(N, C), (C, H), (H,), (H, Co), (Co,)]
+    scale = [1.0, C ** -0.5, 0.1, H ** -0.5, 0.1]
+    return tuple((rng.standard_normal(s) * f).astype(dtype) for s, f in zip(shapes, scale)), {}
 
 
-# ---------------------------------------------------------------- check and time
+def _work(p, it):
+    N, C, H = p["N"], p["C"], p["H"]
+    # FLOPs: forward two (N, C, H) products, backward four (+ GELU, ignored)
+    f = 2 * N * C * H
+    # bytes: forward reads x, W1, W2, writes the pre-activation and y; backward reads dy,
+    # the pre-activation, x, W1, W2, writes dx, dW1, dW2
+    fb = (2 * N * C + 2 * C * H + N * H) * it
+    bb = (3 * N * C + N * H + 4 * C * H) * it
+    return Work((2 * f, 4 * f), (fb, bb))
 
-def _cases():
-    from ._harness import Case
 
-    def make(N, C, H):
-        def mk(dt, rng):
-            shapes = [(N, C), (C, H), (H,), (H, C), (C,)]
-            scale = [1.0, C ** -0.5, 0.1, H ** -0.5, 0.1]
-            return tuple((rng.standard_normal(s) * f).astype(dt)
-                         for s, f in zip(shapes, scale)), {}
-        return mk
-    cases = []
-    for N, C, H in ((2048, 768, 3072), (256, 128, 512)):
-        # FLOPs: forward two (N,C,H) products, backward four
-        cases.append(Case(f"N={N} C={C} H={H}", make(N, C, H), 2 * 2 * N * C * H,
-                          4 * 2 * N * C * H, "GFLOP/s"))
-    return cases
+def _size(N, C, H, Co=None):
+    return Size({"N": N, "C": C, "H": H} if Co is None else {"N": N, "C": C, "H": H, "Co": Co})
+
+
+def _label(p):
+    return f"N={p['N']} C={p['C']} H={p['H']}" + (f" Co={p['Co']}" if "Co" in p else "")
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=_label, unit=GFLOPS, sweep="N",
+    test_sizes=(_size(1, 1, 1, 1), _size(1, 3, 5, 2), _size(4, 5, 7, 3), _size(7, 13, 37, 11),
+                _size(65, 32, 96, 16)),
+    quick_sizes=(_size(128, 128, 512), _size(256, 256, 1024)),
+    full_sizes=tuple(_size(N, 768, 3072) for N in (256, 512, 1024, 2048)),
+    torch="mlp")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)

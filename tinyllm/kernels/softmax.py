@@ -6,9 +6,13 @@
 Subtracting the row max changes nothing mathematically and keeps exp from overflowing, so
 logits of +-1e4 are fine. A row that is entirely -inf (every position masked) gives zeros,
 not the NaN of 0/0: "attend to nothing" contributes nothing. A row holding +inf or NaN gives
-NaN, as it should.
+NaN, as it should. An axis of length 0 gives the empty result (as in PyTorch).
 
 forward(x, out=None) -> (y, cache);  backward(dy, cache) -> (dx,)
+
+``softmax_lse_ref(x)`` is the reference's math with the row logsumexp beside it
+(lse = m + log sum_j exp(x_j - m)); the attention references build their probabilities with
+it, so the softmax is written once.
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ import numpy as np
 
 from . import Kernel
 from ._check import contiguous, dout_like, floats, out_buffer
+from ._family import GBPS, Family, Size, Work
 from ._nb import LANES as _LANES
-from ._nb import fexp, lane_max, lane_sum, neg_inf, njit, num_threads, one, prange, zero
+from ._nb import (chunk, chunks, fexp, lane_dot, lane_max, lane_sum, neg_inf, njit, one, prange,
+                  zero)
 
 NAME = "softmax"
 
@@ -30,13 +36,28 @@ def _check(x):
 
 # ---------------------------------------------------------------- NumPy reference
 
-def forward_ref(x, out=None):
-    _check(x)
+def _softmax_parts(x):
+    """(y, m, s): the softmax of the rows of x, their shifted max m and sum s (..., 1)."""
+    if x.shape[-1] == 0:                                  # no entries: the empty result
+        z = np.zeros(x.shape[:-1] + (1,), x.dtype)
+        return np.empty_like(x), z, z
     m = x.max(axis=-1, keepdims=True)                     # (..., 1) row max
     m = np.where(m == -np.inf, 0, m).astype(x.dtype)      # a fully -inf row: exp(-inf) = 0
     e = np.exp(x - m)                                     # (..., V), each <= 1
     s = e.sum(axis=-1, keepdims=True)                     # (..., 1), >= 1 unless all -inf
-    y = e / np.where(s == 0, 1, s).astype(x.dtype)
+    return e / np.where(s == 0, 1, s).astype(x.dtype), m, s
+
+
+def softmax_lse_ref(x):
+    """(y, lse): the reference softmax of the rows of x and their logsumexp (..., 1),
+    lse = m + log s (-inf for a row that is all -inf)."""
+    y, m, s = _softmax_parts(x)
+    return y, m + np.log(s, out=np.full_like(s, -np.inf), where=s > 0)
+
+
+def forward_ref(x, out=None):
+    _check(x)
+    y = _softmax_parts(x)[0]
     if out is not None:
         out_buffer(NAME, out, x.shape, x.dtype)[...] = y
         y = out
@@ -53,18 +74,17 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("x",))
 
 
 # ---------------------------------------------------------------- Numba CPU
-# Rows are split into one chunk per thread. Max and sum use 16 lane accumulators so LLVM
-# vectorises them without fastmath (a plain float max/sum loop is a serial dependency chain);
-# exp is the vectorisable polynomial from _nb.
+# Rows are split into a few chunks per thread (_nb.chunks). Max, sum and the backward's dot
+# use 16 lane accumulators so LLVM vectorises them without fastmath (a plain float max/sum
+# loop is a serial dependency chain); exp is the vectorisable polynomial from _nb.
 
 
 @njit(parallel=True)
 def _softmax_rows(x, y, nchunks):
     R, V = x.shape
-    per = (R + nchunks - 1) // nchunks
     for c in prange(nchunks):
         acc = np.empty(_LANES, x.dtype)
-        for r in range(c * per, min(R, (c + 1) * per)):
+        for r in range(*chunk(c, nchunks, R)):
             row = x[r]
             out = y[r]
             m = lane_max(row, acc)                       # 1. row max
@@ -83,30 +103,13 @@ def _softmax_rows(x, y, nchunks):
 @njit(parallel=True)
 def _softmax_bwd_rows(dy, y, dx, nchunks):
     R, V = y.shape
-    per = (R + nchunks - 1) // nchunks
     for c in prange(nchunks):
         acc = np.empty(_LANES, y.dtype)
-        for r in range(c * per, min(R, (c + 1) * per)):
-            yr = y[r]
-            gr = dy[r]
-            out = dx[r]
-            for k in range(_LANES):
-                acc[k] = zero(y)
-            nv = V - V % _LANES
-            for j in range(0, nv, _LANES):
-                for k in range(_LANES):
-                    acc[k] += gr[j + k] * yr[j + k]
-            dot = zero(y)
-            for k in range(_LANES):
-                dot += acc[k]
-            for j in range(nv, V):
-                dot += gr[j] * yr[j]
+        for r in range(*chunk(c, nchunks, R)):
+            yr, gr, out = y[r], dy[r], dx[r]
+            dot = lane_dot(gr, yr, acc)                  # sum_j dy_j y_j
             for j in range(V):
                 out[j] = yr[j] * (gr[j] - dot)
-
-
-def _chunks(rows: int) -> int:
-    return max(1, min(rows, 4 * num_threads()))
 
 
 def forward_numba(x, out=None):
@@ -115,7 +118,7 @@ def forward_numba(x, out=None):
     y = out_buffer(NAME, out, x.shape, x.dtype)
     if x.size:
         x2 = x.reshape(-1, x.shape[-1])
-        _softmax_rows(x2, y.reshape(x2.shape), _chunks(x2.shape[0]))
+        _softmax_rows(x2, y.reshape(x2.shape), chunks(x2.shape[0]))
     return y, y
 
 
@@ -125,32 +128,40 @@ def backward_numba(dy, y):
     if y.size:
         V = y.shape[-1]
         _softmax_bwd_rows(dy.reshape(-1, V), y.reshape(-1, V), dx.reshape(-1, V),
-                          _chunks(y.size // V))
+                          chunks(y.size // V))
     return (dx,)
 
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("x",))
 
-# ---------------------------------------------------------------- CuPy GPU
-CUPY = None        # slot for the GPU version (a later issue)
+# ---------------------------------------------------------------- the family
+
+def _inputs(p, dtype, rng):
+    return ((rng.standard_normal(p["shape"]) * 3).astype(dtype),), {}
 
 
-# ---------------------------------------------------------------- check and time
+def _work(p, it):
+    n = int(np.prod(p["shape"]))
+    # forward reads x, writes y; backward reads dy, y, writes dx. FLOPs (nominal): max, sub,
+    # exp, sum, div (5 n) and dy*y, sum, sub, mul (4 n)
+    return Work((5 * n, 4 * n), (2 * n * it, 3 * n * it))
 
-def _cases():
-    from ._harness import Case
 
-    def make(shape):
-        return lambda dt, rng: ((rng.standard_normal(shape).astype(dt) * 3,), {})
-    cases = []
-    for shape in ((8, 1024, 1024), (4096, 6283), (64, 1000)):
-        n = int(np.prod(shape))
-        # bytes that must move: forward reads x, writes y; backward reads dy, y, writes dx
-        cases.append(Case(f"x {shape}", make(shape), lambda it, n=n: 2 * n * it,
-                          lambda it, n=n: 3 * n * it, "GB/s"))
-    return cases
+def _size(*shape):
+    return Size({"shape": list(shape)})
+
+
+FAMILY = Family(
+    NAME, _inputs, _work, label=lambda p: f"x {tuple(p['shape'])}", unit=GBPS,
+    sweep="elements", sweep_value=lambda p: int(np.prod(p["shape"])),
+    # one row of one; odd row lengths around the 16 lanes; rows of 1000; leading axes
+    test_sizes=(_size(1, 1), _size(3, 7), _size(3, 17), _size(1, 33), _size(2, 5, 64),
+                _size(4, 1000)),
+    quick_sizes=(_size(8, 64, 256), _size(8, 128, 1024)),
+    full_sizes=tuple(_size(8, T, 1024) for T in (128, 256, 512, 1024, 2048)),
+    torch="softmax")
 
 
 if __name__ == "__main__":
     from ._harness import run
-    run(NAME, _cases())
+    run(NAME)
