@@ -29,11 +29,11 @@ import numbers
 
 import numpy as np
 
+from ..errors import ShapeError
 from . import Kernel
 from ._check import floats
 from ._family import GBPS, Family, Size, Work
 from ._nb import njit, zero
-from ..errors import ShapeError
 
 NAME = "adam"
 INPUTS = ("p", "g", "m", "v")

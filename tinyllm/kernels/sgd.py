@@ -31,11 +31,11 @@ import numbers
 
 import numpy as np
 
+from ..errors import ShapeError
 from . import Kernel
 from ._check import floats
 from ._family import GBPS, Family, Size, Work
 from ._nb import njit, zero
-from ..errors import ShapeError
 
 NAME = "sgd"
 INPUTS = ("p", "g", "buf")
@@ -67,8 +67,8 @@ def forward_ref(p, g, buf=None, *, lr, momentum=0.0, dampening=0.0, nesterov=Fal
                 weight_decay=0.0, first=False, tmp=None):
     """The specification: in-place ufuncs, one scratch array, Python-float scalars."""
     _check(p, g, buf, lr, momentum, tmp)
-    lr, momentum, dampening, wd = float(lr), float(momentum), float(dampening), \
-        float(weight_decay)
+    lr, momentum, dampening = float(lr), float(momentum), float(dampening)
+    wd = float(weight_decay)
     if tmp is None:
         tmp = np.empty_like(p)
     if wd != 0.0:
