@@ -556,3 +556,285 @@ def test_bad_params():
     with pytest.raises(ShapeError, match=r"parameter 0 has shape \(4, 3\) but its grad has "
                                          r"shape \(3, 4\)"):
         opt.step()
+
+
+# --- the update kernels: families sgd, adam, grad_norm ----------------------------------------
+
+from tinyllm import kernels                                            # noqa: E402
+from tinyllm.kernels import Kernel                                     # noqa: E402
+
+UPDATE_FAMILIES = ("sgd", "adam", "grad_norm")
+UPDATE_IMPLS = [pytest.param(f, i, id=f"{f}-{i}") for f in UPDATE_FAMILIES
+                for i in kernels.available(f)]
+DTYPES = [np.float32, np.float64]
+
+
+def _family_cases(name):
+    sizes = kernels.module(name).FAMILY.test_sizes
+    return [pytest.param(name, s.params, id="-".join([name] + [f"{k}{v}" for k, v in
+                                                                s.params.items()]))
+            for s in sizes]
+
+
+FAMILY_CASES = [c for f in UPDATE_FAMILIES for c in _family_cases(f)]
+
+
+def _call(name, impl, arrays, opts):
+    """Run one implementation on its own copies; returns (copies, outputs)."""
+    mine = tuple(a.copy() for a in arrays)
+    out, cache = kernels.get(name, impl).forward(*mine, **opts)
+    assert cache is None
+    return mine, out
+
+
+@pytest.mark.parametrize("name", UPDATE_FAMILIES)
+def test_update_families_keep_the_layout(name):
+    mod = kernels.module(name)
+    doc = mod.__doc__ or ""
+    assert "forward(" in doc and ("<-" in doc or "sqrt" in doc)   # the equations live there
+    assert isinstance(mod.REFERENCE, Kernel) and isinstance(mod.NUMBA, Kernel)
+    assert (mod.REFERENCE.name, mod.REFERENCE.impl) == (name, "numpy")
+    assert (mod.NUMBA.name, mod.NUMBA.impl) == (name, "numba")
+    assert mod.REFERENCE.backward is None and mod.NUMBA.backward is None
+    assert mod.REFERENCE.inputs == mod.NUMBA.inputs
+    fam = mod.FAMILY
+    assert fam.name == name and fam.backward is False and fam.unit == "GB/s"
+    for which in ("test", "quick", "full"):
+        assert fam.sizes(which)
+        for s in fam.sizes(which):
+            json.dumps(s.params)
+            assert fam.sweep in s.params and isinstance(fam.label(s.params), str)
+
+
+@pytest.mark.parametrize("name,params", FAMILY_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_implementations_agree_with_the_reference(name, params, dtype):
+    """sgd and adam round identically (bitwise); grad_norm to float64 rounding. Updates
+    return the very arrays they were given, changed in place, and leave g alone."""
+    fam = kernels.module(name).FAMILY
+    arrays, opts = fam.inputs(params, dtype, np.random.default_rng(0))
+    assert all(a.dtype == dtype for a in arrays)
+    before = [a.copy() for a in arrays]
+    ref_in, ref_out = _call(name, "numpy", arrays, opts)
+    for a, b in zip(arrays, before):                          # fam.inputs' arrays untouched
+        np.testing.assert_array_equal(a, b)
+    if name == "grad_norm":
+        want = math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays))
+        assert ref_out.shape == () and ref_out.dtype == np.float64
+        assert float(ref_out) == pytest.approx(want, rel=1e-13)
+    else:
+        assert all(o is a for o, a in zip(ref_out, ref_in[:1] + ref_in[2:]))   # in place
+        np.testing.assert_array_equal(ref_in[1], before[1])                  # g is read only
+        assert not np.array_equal(ref_in[0], before[0])
+    for impl in kernels.available(name):
+        mine, out = _call(name, impl, arrays, opts)
+        if name == "grad_norm":
+            tol = 0.0 if dtype == np.float64 else fam.tol[np.dtype(dtype).name]
+            assert float(out) == pytest.approx(float(ref_out), rel=tol, abs=0)
+            continue
+        assert len(out) == len(ref_out)
+        for o, a, r in zip(out, mine[:1] + mine[2:], ref_out):
+            assert o is a and o.dtype == dtype
+            np.testing.assert_array_equal(o, r)
+        np.testing.assert_array_equal(mine[1], before[1])
+
+
+def test_adam_kernel_matches_the_equations():
+    """One AdamW and one Adam step of the reference kernel against new-array NumPy."""
+    rng = np.random.default_rng(4)
+    p, g, m = (rng.standard_normal(50) for _ in range(3))
+    v = rng.random(50)
+    for decoupled in (True, False):
+        lr, b1, b2, eps, wd, t = 0.01, 0.8, 0.9, 1e-6, 0.3, 4
+        gg = g if decoupled else g + wd * p
+        pp = p * (1 - lr * wd) if decoupled else p
+        m2 = b1 * m + (1 - b1) * gg
+        v2 = b2 * v + (1 - b2) * gg ** 2
+        p2 = pp - lr * (m2 / (1 - b1 ** t)) / (np.sqrt(v2 / (1 - b2 ** t)) + eps)
+        for impl in kernels.available("adam"):
+            (po, mo, vo), _ = kernels.get("adam", impl).forward(
+                p.copy(), g, m.copy(), v.copy(), lr=lr, step=t, beta1=b1, beta2=b2, eps=eps,
+                weight_decay=wd, decoupled=decoupled)
+            for got, want in ((po, p2), (mo, m2), (vo, v2)):
+                np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name,impl", [p for p in UPDATE_IMPLS if p.values[0] != "grad_norm"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_kernels_write_through_non_contiguous_views(name, impl, dtype):
+    """Strided p and state arrays (every other column of a bigger array) are updated through
+    the view, with the same values as contiguous ones."""
+    fam = kernels.module(name).FAMILY
+    arrays, opts = fam.inputs({"n": 24}, dtype, np.random.default_rng(1))
+    _, want = _call(name, "numpy", arrays, opts)
+    big = [np.zeros((24, 2), dtype) for _ in arrays]
+    views = []
+    for b, a in zip(big, arrays):
+        b[:, 0] = a
+        views.append(b[:, 0])
+    assert not views[0].flags.c_contiguous
+    out, _ = kernels.get(name, impl).forward(*views, **opts)
+    for o, v, w in zip(out, views[:1] + views[2:], want):
+        assert o is v
+        np.testing.assert_array_equal(o, w)
+    for b in big:
+        assert not b[:, 1].any()                              # nothing written beside the view
+
+
+@pytest.mark.parametrize("impl", kernels.available("grad_norm"))
+def test_grad_norm_kernel_edges(impl):
+    k = kernels.get("grad_norm", impl)
+    assert float(k.forward()[0]) == 0.0                       # no arrays: norm 0
+    assert float(k.forward(np.zeros((0, 3), np.float32))[0]) == 0.0
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([2.0, -1.0])                                 # float64 beside float32
+    want = math.sqrt(float((np.arange(6) ** 2).sum()) + 5.0)
+    assert float(k.forward(a, b)[0]) == want
+    assert float(k.forward(a.T, b)[0]) == want                # non-contiguous
+    assert float(k.forward(a.astype(np.float16))[0]) == math.sqrt(55.0)
+    assert math.isnan(float(k.forward(a, np.array([np.nan]))[0]))
+    assert math.isinf(float(k.forward(np.array([np.inf], np.float32))[0]))
+    with pytest.raises(TypeError, match="grad_norm: array 1 must be a float array"):
+        k.forward(a, np.arange(3))
+    with pytest.raises(TypeError, match="grad_norm: array 0 must be a NumPy array"):
+        k.forward([1.0, 2.0])
+
+
+@pytest.mark.parametrize("name,impl", [p for p in UPDATE_IMPLS if p.values[0] != "grad_norm"])
+def test_update_kernels_reject_bad_input(name, impl):
+    k = kernels.get(name, impl)
+    z = np.zeros(4)
+    args = (z.copy(), z.copy(), z.copy(), z.copy())[:len(k.inputs)]
+    opts = dict(lr=0.1, step=1) if name == "adam" else dict(lr=0.1, momentum=0.9)
+    with pytest.raises(ShapeError, match=rf"{name}: g has shape \(5,\) but p has shape \(4,\)"):
+        k.forward(args[0], np.zeros(5), *args[2:], **opts)
+    with pytest.raises(TypeError, match=f"{name}: g is float32 but p is float64"):
+        k.forward(args[0], z.astype(np.float32), *args[2:], **opts)
+    ro = z.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=f"{name}: p is read-only"):
+        k.forward(ro, *args[1:], **opts)
+    if name == "adam":
+        with pytest.raises(ValueError, match="adam: step must be an integer >= 1"):
+            k.forward(*args, lr=0.1, step=0)
+    else:
+        with pytest.raises(ValueError, match="sgd: momentum=0.9 needs a momentum buffer"):
+            k.forward(z.copy(), z, lr=0.1, momentum=0.9)
+        (p,), _ = k.forward(np.ones(4), np.ones(4), lr=0.5)  # no momentum: no buffer
+        np.testing.assert_array_equal(p, np.full(4, 0.5))
+
+
+# --- the registry picks the optimisers' kernels --------------------------------------------
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Wrap every implementation of the three families so calls are recorded as
+    (family, impl)."""
+    calls = []
+    for name in UPDATE_FAMILIES:
+        mod = kernels.module(name)
+        for attr in ("REFERENCE", "NUMBA"):
+            k = getattr(mod, attr)
+
+            def fwd(*a, _k=k, **kw):
+                calls.append((_k.name, _k.impl))
+                return _k.forward(*a, **kw)
+            monkeypatch.setattr(mod, attr, Kernel(k.name, k.impl, fwd, None, k.inputs))
+    return calls
+
+
+def _one_step(make, dtype=np.float32):
+    ps = make_params(dtype)
+    opt = make(ps)
+    for p, g in zip(ps, grad_seq(1, dtype)[0]):
+        p.grad = g
+    optim.clip_grad_norm_(ps, 0.5)
+    opt.step()
+    return [p.data.copy() for p in ps]
+
+
+OPTIMISERS = [pytest.param(lambda ps, **k: optim.AdamW(ps, lr=0.01, **k), "adam", id="AdamW"),
+              pytest.param(lambda ps, **k: optim.Adam(ps, lr=0.01, weight_decay=0.1, **k),
+                           "adam", id="Adam"),
+              pytest.param(lambda ps, **k: optim.SGD(ps, lr=0.1, momentum=0.9, **k), "sgd",
+                           id="SGD")]
+
+
+@pytest.mark.parametrize("make,family", OPTIMISERS)
+def test_kernels_use_numpy_switches_the_optimisers(make, family, kernel_calls, monkeypatch):
+    monkeypatch.delenv("TINYLLM_KERNELS", raising=False)
+    n = len(SHAPES)
+    default = kernels.default_impl()
+    got_default = _one_step(make)
+    assert kernel_calls == [("grad_norm", default)] + [(family, default)] * n
+    kernel_calls.clear()
+    with kernels.use("numpy"):
+        got_numpy = _one_step(make)
+    assert kernel_calls == [("grad_norm", "numpy")] + [(family, "numpy")] * n
+    kernel_calls.clear()
+    monkeypatch.setenv("TINYLLM_KERNELS", "numpy")
+    _one_step(make)
+    assert kernel_calls == [("grad_norm", "numpy")] + [(family, "numpy")] * n
+    for a, b in zip(got_default, got_numpy):                 # and the results agree
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make,family", OPTIMISERS)
+def test_fused_overrides_the_registry(make, family, kernel_calls):
+    """fused=False is the reference whatever the registry says; fused=True is Numba."""
+    n = len(SHAPES)
+    _one_step(lambda ps: make(ps, fused=False))
+    assert kernel_calls[1:] == [(family, "numpy")] * n
+    if "numba" in kernels.available(family):
+        kernel_calls.clear()
+        with kernels.use("numpy"):
+            _one_step(lambda ps: make(ps, fused=True))
+        assert kernel_calls[1:] == [(family, "numba")] * n
+
+
+def test_optim_main_runs(capsys):
+    from tinyllm.optim.__main__ import main
+    assert main(["--params", "2000", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "AdamW numpy step" in out and "SGD" in out and "clip_grad_norm_" in out
+    if kernels.numba_available():
+        assert "AdamW numba step" in out
+    assert main(["--params", "10"]) == 2
+
+
+def test_nothing_outside_kernels_imports_the_private_nb():
+    import ast
+    import pathlib
+    root = pathlib.Path(tl.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.parent.name == "kernels" and path.parent.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == "_nb" or n.endswith("._nb") or n.endswith("kernels._nb")
+                   for n in names):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_update_kernels_compile_nothing_at_import():
+    import subprocess
+    import sys
+    code = ("import importlib\n"
+            "from numba.core.registry import CPUDispatcher\n"
+            "n = 0\n"
+            "for name in ('sgd', 'adam', 'grad_norm'):\n"
+            "    mod = importlib.import_module('tinyllm.kernels.' + name)\n"
+            "    for v in vars(mod).values():\n"
+            "        if isinstance(v, CPUDispatcher):\n"
+            "            n += 1\n"
+            "            assert not v.signatures, (name, v)\n"
+            "print(n)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 3

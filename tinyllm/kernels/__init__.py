@@ -108,7 +108,8 @@ def use(impl: str):
 def module(name: str):
     """The family module ``tinyllm.kernels.<name>``."""
     if name not in FAMILIES:
-        raise KeyError(f"unknown kernel {name!r}; the kernels are {', '.join(FAMILIES)}")
+        raise KeyError(f"unknown kernel {name!r}; the kernels are "
+                       f"{', '.join(FAMILIES)}")
     return importlib.import_module(f"{__name__}.{name}")
 
 
@@ -137,5 +138,18 @@ def available(name: str) -> list[str]:
             and (i != "numba" or _numba_available())]
 
 
+def numba_available() -> bool:
+    """True when Numba imports here (then ``"numba"`` is an implementation one can use)."""
+    return _numba_available()
+
+
+def num_threads() -> int:
+    """Threads Numba's parallel loops use now (1 without Numba). Nothing outside
+    ``tinyllm/kernels`` imports the private ``_nb``; this is the public answer."""
+    from ._nb import num_threads as _threads
+    return _threads()
+
+
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
-           "family", "Family", "Size", "Work", "GBPS", "GFLOPS"]
+           "family", "Family", "Size", "Work", "GBPS", "GFLOPS", "numba_available",
+           "num_threads"]

@@ -51,6 +51,10 @@ class Family:
     # implementation against the reference: max |impl - ref| / max |ref| per array
     tol: dict = field(default_factory=lambda: {"float32": 1e-5, "float64": 1e-10})
     torch: str | None = None  # name of the PyTorch equivalent in the torch peer (None: none)
+    out_dtype: str | None = None   # the outputs' dtype when it is not the inputs' (a norm
+                                   # summed in float64); None: outputs keep the inputs' dtype
+    free_inputs: bool = False      # the inputs are any number of arrays of any shape, each
+                                   # with its own float dtype (the gradient norm)
     backward: bool = True     # False: no backward (an optimiser update, a norm); the
                               # contract test and the bench then check and time forward only
     sweep_value: Callable | None = None   # params -> the x of the plot (None: params[sweep])

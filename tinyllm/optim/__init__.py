@@ -11,13 +11,16 @@
         opt.step(); sched.step()
 
 - ``SGD``, ``Adam``, ``AdamW``: update ``p.data`` in place, keep its dtype, skip parameters
-  whose ``.grad`` is None. Each holds a readable NumPy reference of its update
-  (``sgd_reference``, ``adam_reference``) and a one-pass Numba kernel used by default.
+  whose ``.grad`` is None. The updates are the kernel families ``sgd`` and ``adam``
+  (``tinyllm.kernels``): a readable NumPy reference (also here as ``sgd_reference``,
+  ``adam_reference``) and a one-pass Numba version, picked by the kernel registry, so
+  ``with tl.kernels.use("numpy"):`` switches them with every other kernel.
 - ``Optimizer.state_dict()`` -> ``{"meta": JSON, "arrays": {"state.<i>.<name>": ndarray}}``
   for a safetensors + JSON checkpoint; ``load_state_dict`` checks it and resumes bitwise.
 - ``param_groups_for_decay``: no decay on biases, norm weights and embeddings (rule in
   ``tinyllm.optim.groups``).
-- ``clip_grad_norm_(params, max_norm) -> norm before clipping`` (float64 sum).
+- ``clip_grad_norm_(params, max_norm) -> norm before clipping`` (float64 sum, the
+  ``grad_norm`` kernel family).
 - ``warmup_cosine(step, max_lr, warmup_steps, total_steps, min_lr)`` and ``WarmupCosineLR``.
 """
 from .adam import Adam, AdamW, adam_reference

@@ -2,9 +2,10 @@
 
 The parameters are float32 tensors shaped like a small GPT's (about N values in all: token
 and position embeddings, then per layer two LayerNorms, c_attn, c_proj, c_fc, c_proj). Each
-optimizer runs with the NumPy reference and with the Numba kernel. The figure of merit is
-the memory traffic: AdamW reads p, g, m, v and writes p, m, v, 28 bytes per float32
-parameter, compared with the measured copy bandwidth of this machine.
+optimizer runs with the NumPy reference and with the Numba version of its kernel family
+(``tinyllm.kernels.adam``, ``tinyllm.kernels.sgd``). The figure of merit is the memory
+traffic: AdamW reads p, g, m, v and writes p, m, v, 28 bytes per float32 parameter, compared
+with the measured copy bandwidth of this machine.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 import numpy as np
 
 from ..autograd import Tensor
-from ..kernels._nb import HAVE_NUMBA, num_threads
+from ..kernels import num_threads, numba_available
 from . import SGD, AdamW, clip_grad_norm_
 
 
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     shapes = gpt_like_shapes(a.params)
     n = sum(int(np.prod(s)) for s in shapes)
-    print(f"{len(shapes)} float32 tensors, {n} values; numba {'on' if HAVE_NUMBA else 'off'}, "
+    have_numba = numba_available()
+    print(f"{len(shapes)} float32 tensors, {n} values; numba {'on' if have_numba else 'off'}, "
           f"{num_threads()} numba threads (kernels run serially)")
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     bw = 8 * n / (copy_ms * 1e-3)
     print(f"copy {n} float32: {copy_ms:.3f} ms ({bw / 1e9:.1f} GB/s read+write)")
     for cls, kw, bytes_per in ((AdamW, {}, 28), (SGD, {"momentum": 0.9}, 20)):
-        for fused in ((False, True) if HAVE_NUMBA else (False,)):
+        for fused in ((False, True) if have_numba else (False,)):
             ps = [Tensor(rng.standard_normal(s).astype(np.float32) * 0.02, requires_grad=True)
                   for s in shapes]
             for p in ps:

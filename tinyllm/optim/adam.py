@@ -14,70 +14,37 @@ gradients are barely decayed; AdamW's decoupled decay shrinks every parameter by
 factor. The bias correction and the order of operations follow ``torch.optim.Adam`` (its
 single-tensor path), so float64 results agree with PyTorch to rounding.
 
-Two implementations of the update: ``adam_reference`` (NumPy, the specification, in-place
-ufuncs on a scratch array) and ``_adam_numba`` (one fused pass: read p, g, m, v once, write
-p, m, v once). They round the same way (no FMA contraction). ``fused=None`` picks Numba when
-it imports and the arrays are contiguous.
+The update itself is the ``adam`` kernel family (``tinyllm.kernels.adam``): a NumPy
+reference, the specification, and a one-pass Numba version that rounds the same way. The
+kernel registry picks one (``with tl.kernels.use("numpy"):``, ``TINYLLM_KERNELS``) unless
+``fused`` says otherwise.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..kernels._nb import HAVE_NUMBA, njit
+from .. import kernels
 from .optimizer import Optimizer, _check_number
 
-
-def adam_reference(p, g, m, v, *, step: int, lr: float, beta1: float, beta2: float,
-                   eps: float, weight_decay: float, decoupled: bool, tmp) -> None:
-    """One Adam/AdamW update of ``p``, ``m``, ``v`` in place. ``tmp`` is scratch, p's shape.
-
-    Scalars are Python floats, so float32 arrays stay float32.
-    """
-    bc1 = 1.0 - beta1 ** step
-    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
-    if weight_decay != 0.0:
-        if decoupled:
-            p *= 1.0 - lr * weight_decay                  # AdamW: p <- p (1 - lr wd)
-        else:
-            g = g + weight_decay * p                      # Adam: g <- g + wd p (new array)
-    m *= beta1                                            # m <- b1 m + (1 - b1) g
-    np.multiply(g, 1.0 - beta1, out=tmp)
-    m += tmp
-    v *= beta2                                            # v <- b2 v + (1 - b2) g g
-    np.multiply(g, g, out=tmp)
-    tmp *= 1.0 - beta2
-    v += tmp
-    np.sqrt(v, out=tmp)                                   # denom = sqrt(v) / sqrt(bc2) + eps
-    tmp /= bc2_sqrt
-    tmp += eps
-    np.divide(m, tmp, out=tmp)                            # p <- p - (lr / bc1) m / denom
-    tmp *= lr / bc1
-    p -= tmp
+__all__ = ["Adam", "AdamW", "adam_reference"]
 
 
-@njit(error_model="numpy")   # numpy error model: x / 0 gives inf, so the loop vectorises
-def _adam_numba(p, g, m, v, decay, l2, b1, c1, b2, c2, bc2_sqrt, eps, step_size):
-    """The same update as ``adam_reference`` in one pass over flat arrays. All scalars have
-    the arrays' dtype; ``decay`` = 1 - lr wd (AdamW) or 1, ``l2`` = wd (Adam) or 0."""
-    for i in range(p.size):
-        pi = p[i]
-        gi = g[i]
-        if l2 != 0:
-            gi = gi + l2 * pi
-        pi = pi * decay
-        mi = b1 * m[i] + c1 * gi
-        vi = b2 * v[i] + c2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - step_size * (mi / (np.sqrt(vi) / bc2_sqrt + eps))
+def adam_reference(*args, **kwargs):
+    """The NumPy reference update (``tinyllm.kernels.adam``), fetched when called so that
+    ``python -m tinyllm.kernels.adam`` does not find its module already imported."""
+    return kernels.get("adam", "numpy").forward(*args, **kwargs)
 
 
-def _use_fused(fused, *arrays) -> bool:
-    if fused is False or not HAVE_NUMBA:
-        return False
-    return all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
+def _impl(fused) -> str | None:
+    """``fused`` -> the kernel implementation: None = the registry's default, False = the
+    NumPy reference, True = Numba (checked when the optimiser is built)."""
+    return None if fused is None else ("numba" if fused else "numpy")
+
+
+def _check_fused(opt, fused) -> None:
+    if fused and not kernels.numba_available():
+        raise RuntimeError(f"{type(opt).__name__}: fused=True needs Numba, which does not "
+                           f"import here")
 
 
 class Adam(Optimizer):
@@ -85,17 +52,16 @@ class Adam(Optimizer):
 
     ``weight_decay`` is L2: it is added to the gradient (``g + wd * p``) before the moments,
     as in ``torch.optim.Adam``. For decoupled decay use ``AdamW``. ``fused`` (keyword):
-    None = the Numba kernel where possible, False = the NumPy reference, True = Numba, which
-    must be installed.
+    None = the kernel registry's choice (Numba unless ``tl.kernels.use("numpy")`` or
+    ``TINYLLM_KERNELS=numpy``), False = the NumPy reference, True = Numba, which must be
+    installed.
     """
 
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
                  fused=None):
-        if fused and not HAVE_NUMBA:
-            raise RuntimeError(f"{type(self).__name__}: fused=True needs Numba, which does "
-                               f"not import here")
+        _check_fused(self, fused)
         self.fused = fused
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
@@ -118,21 +84,11 @@ class Adam(Optimizer):
             state["exp_avg"] = np.zeros(p.shape, p.dtype)
             state["exp_avg_sq"] = np.zeros(p.shape, p.dtype)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        t = state["step"]
-        lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
-        b1, b2 = float(group["betas"][0]), float(group["betas"][1])
-        if _use_fused(self.fused, p, m, v):
-            f = p.dtype.type
-            decoupled = self._decoupled and wd != 0.0
-            _adam_numba(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
-                        v.reshape(-1),
-                        f(1.0 - lr * wd) if decoupled else f(1.0),
-                        f(0.0) if self._decoupled else f(wd),
-                        f(b1), f(1.0 - b1), f(b2), f(1.0 - b2),
-                        f(math.sqrt(1.0 - b2 ** t)), f(eps), f(lr / (1.0 - b1 ** t)))
-        else:
-            adam_reference(p, g, m, v, step=t, lr=lr, beta1=b1, beta2=b2, eps=eps,
-                           weight_decay=wd, decoupled=self._decoupled, tmp=self._tmp(p))
+        k = kernels.get("adam", _impl(self.fused))
+        k.forward(p, g, m, v, lr=group["lr"], step=state["step"], beta1=group["betas"][0],
+                  beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"],
+                  decoupled=self._decoupled,
+                  tmp=self._tmp(p) if k.impl == "numpy" else None)   # scratch: reference only
 
 
 class AdamW(Adam):

@@ -3,9 +3,10 @@
     total = sqrt(sum over every parameter p, every element i of p.grad[i]**2)
     if total > max_norm:  p.grad *= max_norm / total       (for every p, in place)
 
-The sum runs in float64 whatever the gradients' dtype: a float32 sum of a million squares
-loses digits. The scale factor is ``max_norm / total`` exactly (PyTorch adds 1e-6 to the
-denominator), so afterwards the norm is ``max_norm`` to rounding.
+The norm is the ``grad_norm`` kernel family (``tinyllm.kernels.grad_norm``), chosen by the
+kernel registry: its sum runs in float64 whatever the gradients' dtype (a float32 sum of a
+million squares loses digits). The scale factor is ``max_norm / total`` exactly (PyTorch adds
+1e-6 to the denominator), so afterwards the norm is ``max_norm`` to rounding.
 """
 from __future__ import annotations
 
@@ -13,27 +14,7 @@ import math
 
 import numpy as np
 
-from ..kernels._nb import HAVE_NUMBA, njit
-
-
-@njit(fastmath={"reassoc"})   # a plain sum: reassociation lets it vectorise (DESIGN.md §6)
-def _sumsq_numba(g):
-    acc = 0.0
-    for i in range(g.size):
-        x = np.float64(g[i])
-        acc += x * x
-    return acc
-
-
-def _sumsq(g: np.ndarray) -> float:
-    """sum(g**2) accumulated in float64."""
-    if g.dtype == np.float64:
-        flat = g.reshape(-1)
-        return float(np.dot(flat, flat))
-    if HAVE_NUMBA and g.flags.c_contiguous:
-        return float(_sumsq_numba(g.reshape(-1)))
-    flat = g.astype(np.float64).reshape(-1)
-    return float(np.dot(flat, flat))
+from .. import kernels
 
 
 def _grads(params) -> list:
@@ -49,10 +30,15 @@ def _grads(params) -> list:
     return out
 
 
+def _norm(ps) -> float:
+    total, _ = kernels.get("grad_norm").forward(*(np.asarray(p.grad) for p in ps))
+    return float(total)
+
+
 def grad_norm(params) -> float:
     """The global L2 norm of all gradients (float64 accumulation); grads that are None are
     skipped."""
-    return math.sqrt(sum(_sumsq(np.asarray(p.grad)) for p in _grads(params)))
+    return _norm(_grads(params))
 
 
 def clip_grad_norm_(params, max_norm: float) -> float:
@@ -67,7 +53,7 @@ def clip_grad_norm_(params, max_norm: float) -> float:
         raise ValueError(f"clip_grad_norm_: invalid max_norm={max_norm!r} "
                          f"(must be a finite number >= 0)")
     ps = _grads(params)
-    total = math.sqrt(sum(_sumsq(np.asarray(p.grad)) for p in ps))
+    total = _norm(ps)
     if math.isfinite(total) and total > max_norm:
         scale = float(max_norm) / total
         for p in ps:

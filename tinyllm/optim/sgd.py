@@ -12,61 +12,25 @@ For a parameter p with gradient g:
 This is PyTorch's form, where lr multiplies the buffer (Sutskever et al. 2013); some texts put
 lr inside the buffer instead, which differs when lr changes during training.
 
-``sgd_reference`` is the NumPy specification; ``_sgd_numba`` does it in one pass. They round
-the same way.
+The update itself is the ``sgd`` kernel family (``tinyllm.kernels.sgd``): the NumPy
+reference (``sgd_reference``, the specification) and a one-pass Numba version that rounds the
+same way; the kernel registry picks one unless ``fused`` says otherwise.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernels._nb import HAVE_NUMBA, njit
-from .adam import _use_fused
+from .. import kernels
+from .adam import _check_fused, _impl
 from .optimizer import Optimizer, _check_number
 
-
-def sgd_reference(p, g, buf, *, lr: float, momentum: float, dampening: float,
-                  nesterov: bool, weight_decay: float, first: bool, tmp) -> None:
-    """One SGD update of ``p`` (and of the momentum buffer ``buf``, None without momentum)
-    in place. ``tmp`` is scratch of p's shape."""
-    if weight_decay != 0.0:
-        g = g + weight_decay * p                          # a new array: .grad is not changed
-    if momentum != 0.0:
-        if first:
-            buf[...] = g                                  # b <- g
-        else:
-            buf *= momentum                               # b <- momentum b + (1 - damp) g
-            np.multiply(g, 1.0 - dampening, out=tmp)
-            buf += tmp
-        if nesterov:
-            np.multiply(buf, momentum, out=tmp)           # g <- g + momentum b
-            tmp += g
-            g = tmp
-        else:
-            g = buf
-    np.multiply(g, lr, out=tmp)                           # p <- p - lr g
-    p -= tmp
+__all__ = ["SGD", "sgd_reference"]
 
 
-@njit(error_model="numpy")
-def _sgd_numba(p, g, buf, lr, wd, momentum, c, nesterov, first):
-    """``sgd_reference`` in one pass over flat arrays; scalars have the arrays' dtype,
-    ``c`` = 1 - dampening. ``buf`` is ignored when momentum is 0."""
-    for i in range(p.size):
-        pi = p[i]
-        gi = g[i]
-        if wd != 0:
-            gi = gi + wd * pi
-        if momentum != 0:
-            if first:
-                b = gi
-            else:
-                b = momentum * buf[i] + c * gi
-            buf[i] = b
-            if nesterov:
-                gi = gi + momentum * b
-            else:
-                gi = b
-        p[i] = pi - lr * gi
+def sgd_reference(*args, **kwargs):
+    """The NumPy reference update (``tinyllm.kernels.sgd``), fetched when called so that
+    ``python -m tinyllm.kernels.sgd`` does not find its module already imported."""
+    return kernels.get("sgd", "numpy").forward(*args, **kwargs)
 
 
 class SGD(Optimizer):
@@ -77,8 +41,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, fused=None):
-        if fused and not HAVE_NUMBA:
-            raise RuntimeError("SGD: fused=True needs Numba, which does not import here")
+        _check_fused(self, fused)
         self.fused = fused
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
@@ -109,11 +72,7 @@ class SGD(Optimizer):
             if buf is None:
                 buf = state["momentum_buffer"] = np.empty(p.shape, p.dtype)
                 first = True
-        if _use_fused(self.fused, p, *(() if buf is None else (buf,))):
-            f = p.dtype.type
-            flat_buf = buf.reshape(-1) if buf is not None else p.reshape(-1)[:0]
-            _sgd_numba(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), flat_buf,
-                       f(lr), f(wd), f(momentum), f(1.0 - damp), nesterov, first)
-        else:
-            sgd_reference(p, g, buf, lr=lr, momentum=momentum, dampening=damp,
-                          nesterov=nesterov, weight_decay=wd, first=first, tmp=self._tmp(p))
+        k = kernels.get("sgd", _impl(self.fused))
+        k.forward(p, g, buf, lr=lr, momentum=momentum, dampening=damp, nesterov=nesterov,
+                  weight_decay=wd, first=first,
+                  tmp=self._tmp(p) if k.impl == "numpy" else None)   # scratch: reference only

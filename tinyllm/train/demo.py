@@ -46,8 +46,7 @@ def demo(out: str, log=print, budget: dict | None = None) -> dict:
     reversal, then a small GPT on the embedded corpus; figures into ``out``. ``budget``
     overrides the defaults: rnn_steps (steps of each RNN), rnn and rnn_plain (a time limit
     in seconds for each), gpt (seconds of GPT training; its step count is fitted to it)."""
-    from ..kernels import default_impl
-    from ..kernels._nb import num_threads
+    from ..kernels import default_impl, num_threads
     b = {"rnn_steps": 600, "rnn": 90.0, "rnn_plain": 60.0, "gpt": 190.0}
     b.update(budget or {})
     os.makedirs(out, exist_ok=True)
@@ -78,10 +77,10 @@ class _one_thread:
     def __enter__(self):
         from threadpoolctl import threadpool_limits
 
-        from ..kernels._nb import HAVE_NUMBA
+        from ..kernels import numba_available
         self.limits = threadpool_limits(1)
         self.numba_threads = None
-        if HAVE_NUMBA:
+        if numba_available():
             import numba
             self.numba_threads = numba.get_num_threads()
             numba.set_num_threads(1)
