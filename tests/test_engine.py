@@ -1002,3 +1002,53 @@ def test_backward_with_a_non_numeric_gradient_is_a_type_error():
     x = tl.Tensor(np.ones(2), requires_grad=True)
     with pytest.raises(TypeError, match="backward"):
         (x * 2.0).backward(np.array(["a", "b"]))
+
+
+# --- empty tensors and masked_fill's fill value (issue 9's PyTorch-input bugs) -------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_and_max_of_an_empty_batch_are_empty(dtype):
+    """(0, V) reduced over its non-empty last axis: the empty result, forward and backward,
+    as in NumPy and PyTorch."""
+    for op, out_shape in ((lambda t: F.log_softmax(t, axis=-1), (0, 5)),
+                          (lambda t: t.max(axis=-1), (0,)),
+                          (lambda t: t.max(axis=1, keepdims=True), (0, 1))):
+        x = tl.Tensor(np.zeros((0, 5), dtype), requires_grad=True)
+        y = op(x)
+        assert y.shape == out_shape and y.dtype == dtype
+        y.backward(np.zeros(out_shape, dtype))
+        assert x.grad.shape == (0, 5) and x.grad.dtype == dtype
+    x = tl.Tensor(np.zeros((2, 0, 3)), requires_grad=True)      # empty middle axis, kept
+    y = F.log_softmax(x, axis=2)
+    y.sum().backward()
+    assert y.shape == (2, 0, 3) and x.grad.shape == (2, 0, 3)
+    assert x.max(axis=-1).shape == (2, 0)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x: F.log_softmax(x, axis=-1), "log_softmax"),
+    (lambda x: F.log_softmax(x.reshape(0, 3), axis=0), "log_softmax"),
+    (lambda x: x.max(axis=-1), "max"),
+    (lambda x: x.max(), "max"),
+    (lambda x: x.max(axis=(0, 1)), "max"),
+])
+def test_reducing_an_empty_axis_raises_naming_the_op(call, name):
+    x = tl.Tensor(np.zeros((3, 0)), requires_grad=True)
+    with pytest.raises(tl.ShapeError, match=rf"^{name}: .*empty"):
+        call(x)
+
+
+def test_masked_fill_refuses_a_tensor_value_naming_the_op():
+    x = tl.Tensor(rand(2, 3), requires_grad=True)
+    mask = np.array([[True, False, True], [False, False, True]])
+    for bad, what in ((tl.Tensor(np.array(1.0)), "a Tensor"),
+                      (np.ones((2, 3)), r"an array of shape \(2, 3\)"),
+                      ("0", "str")):
+        with pytest.raises(TypeError, match=rf"masked_fill: value must be a Python or NumPy "
+                                            rf"number .*got {what}"):
+            tl.masked_fill(x, mask, bad)
+    # what is accepted: Python and NumPy numbers (and a 0-d array, a NumPy number too)
+    for ok in (-np.inf, 2, np.float32(0.5), np.array(3.0), True):
+        y = tl.masked_fill(x, mask, ok)
+        np.testing.assert_array_equal(y.data, np.where(mask, float(ok), x.data))

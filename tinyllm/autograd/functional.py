@@ -87,7 +87,18 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """x - max - log(sum(exp(x - max))) along ``axis``."""
+    """x - max - log(sum(exp(x - max))) along ``axis``: the one log-softmax of tinyllm
+    (``tl.infer`` scores beams with it too; the ``cross_entropy`` kernel fuses its own into
+    the loss). An empty batch, (0, V) over the last axis, gives the empty result; an axis of
+    length 0 has no distribution over it and raises ShapeError."""
+    x = _tensor(x, "log_softmax", "x")
+    if x.ndim == 0:
+        raise ShapeError("log_softmax: x must have at least one axis, got a 0-d tensor")
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"log_softmax: axis {axis} is out of range for a {x.ndim}-d tensor")
+    if x.shape[axis] == 0:
+        raise ShapeError(f"log_softmax: axis {axis} of shape {x.shape} is empty; there is no "
+                         f"distribution over zero classes")
     m = x.max(axis=axis, keepdims=True).detach()
     shifted = x - m
     return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
