@@ -150,8 +150,8 @@ class GPT(Module):
         t.wte = Embedding(cfg.vocab_size, cfg.n_embd, dtype, rng, std)
         t.wpe = Embedding(cfg.block_size, cfg.n_embd, dtype, rng, std)
         t.drop = Dropout(cfg.dropout, self.rng)
-        t.h = ModuleList(Block(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, dtype, rng,
-                               std, proj_std, self.rng) for _ in range(cfg.n_layer))
+        t.h = ModuleList(Block(cfg, rng, dtype, std=std, proj_std=proj_std,
+                               dropout_rng=self.rng) for _ in range(cfg.n_layer))
         t.ln_f = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
         self.transformer = t
 
