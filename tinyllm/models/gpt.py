@@ -278,20 +278,22 @@ class GPT(Module):
 
     def _decode_arrays(self, new: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         """One token per sequence through every block, on plain arrays: the same equations
-        as ``_trunk`` + ``_head`` for T = 1 (inference only: no dropout, no graph), through
-        the same kernels as training (``layernorm``, ``mlp``) plus ``decode_attention`` for
-        the one query against the cache. Through Tensors it was ~100 graph ops per token,
-        which dominated decoding."""
+        as ``_trunk`` + ``_head`` for T = 1 (inference only: no dropout, no graph), by the
+        kernels' forwards: ``layernorm`` and ``mlp`` (their NumPy references: with B rows of
+        one token each, the Numba versions' parallel row loops cost more to launch than the
+        rows take, 3x slower decoding measured at B = 1, C = 128) and ``decode_attention``
+        (the current implementation) for the one query against the cache. Through Tensors it
+        was ~100 graph ops per token, which dominated decoding."""
         cfg, t = self.config, self.transformer
         B, C, H = new.shape[0], cfg.n_embd, cfg.n_head
-        norm = kernels.get("layernorm").forward
-        mlp = kernels.get("mlp").forward
+        norm = kernels.get("layernorm", "numpy").forward
+        mlp = kernels.get("mlp", "numpy").forward
         attend = kernels.get("decode_attention").forward
 
         def ln(x, layer):                                            # (B, C) -> (B, C)
             return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
 
-        x = t.wte.weight.data[new] + t.wpe.weight.data[pos]          # (B, C)
+        x = t.wte.weight.data[new] + t.wpe.weight.data[pos]          # (B, C), a new array
         for i, blk in enumerate(t.h):
             a, f = blk.attn, blk.mlp
             qkv = _linear(ln(x, blk.ln_1), a.c_attn)                 # (B, 3C)
@@ -299,10 +301,10 @@ class GPT(Module):
             cache.k[i][:, :, pos] = qkv[:, C:2 * C].reshape(B, H, C // H)
             cache.v[i][:, :, pos] = qkv[:, 2 * C:].reshape(B, H, C // H)
             y, _ = attend(q, cache.k[i], cache.v[i], pos + 1)        # (B, H, 1, hs)
-            x = x + _linear(y.reshape(B, C), a.c_proj)
+            x += _linear(y.reshape(B, C), a.c_proj)                  # residual, in place
             m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
                        f.c_proj.weight.data, _data(f.c_proj.bias))   # (B, C)
-            x = x + m
+            x += m
         return ln(x, t.ln_f) @ t.wte.weight.data.T                   # (B, V)
 
     # ------------------------------------------------------------ decoding protocol
