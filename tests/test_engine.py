@@ -619,6 +619,182 @@ def test_custom_function_wrong_number_of_gradients():
         TwoGrads.apply(x).sum().backward()
 
 
+# --- Functions with several outputs ------------------------------------------------------
+
+
+class SumProd(tl.Function):
+    """Two outputs from two inputs: s = a + b and p = a * b (elementwise). Records which
+    upstream gradients its backward received (None = that output sent none)."""
+
+    calls = []
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a + b, a * b
+
+    @staticmethod
+    def backward(ctx, ds, dp):
+        SumProd.calls.append((ds is not None, dp is not None))
+        a, b = ctx.saved
+        da = np.zeros_like(a)
+        db = np.zeros_like(b)
+        if ds is not None:
+            da = da + ds
+            db = db + ds
+        if dp is not None:
+            da = da + dp * b
+            db = db + dp * a
+        return da, db
+
+
+def _sumprod_inputs():
+    a = tl.Tensor(rand(3, 4, seed=1), requires_grad=True)
+    b = tl.Tensor(rand(3, 4, seed=2), requires_grad=True)
+    return a, b
+
+
+def test_several_outputs_apply_returns_a_tuple_of_tensors():
+    a, b = _sumprod_inputs()
+    out = SumProd.apply(a, b)
+    assert isinstance(out, tuple) and len(out) == 2
+    s, p = out
+    assert all(isinstance(t, tl.Tensor) and t.requires_grad for t in out)
+    np.testing.assert_array_equal(s.data, a.data + b.data)
+    np.testing.assert_array_equal(p.data, a.data * b.data)
+    assert s._ctx is p._ctx and s._ctx.n_outputs == 2
+    with tl.no_grad():
+        s2, p2 = SumProd.apply(a, b)
+    assert s2._ctx is None and not p2.requires_grad
+
+
+@pytest.mark.parametrize("use", ["first", "second", "both", "first twice"])
+def test_several_outputs_gradcheck(use):
+    """Central differences through the 2-output Function, whichever outputs are used."""
+    def fn(a, b):
+        s, p = SumProd.apply(a, b)
+        if use == "first":
+            return s.tanh()
+        if use == "second":
+            return p.exp()
+        if use == "both":
+            return s * p, p.sum(axis=0)
+        return s * s + s.exp()                     # one output used twice
+
+    assert tl.gradcheck(fn, [rand(3, 4, seed=1), rand(3, 4, seed=2)])
+
+
+@pytest.mark.parametrize("use,expect", [("first", (True, False)), ("second", (False, True)),
+                                        ("both", (True, True))])
+def test_unused_output_gets_none_and_the_backward_runs_once(use, expect):
+    a, b = _sumprod_inputs()
+    s, p = SumProd.apply(a, b)
+    SumProd.calls.clear()
+    if use == "first":
+        loss = (s * 2.0).sum()
+        ga, gb = 2.0 * np.ones((3, 4)), 2.0 * np.ones((3, 4))
+    elif use == "second":
+        loss = (p * 3.0).sum()
+        ga, gb = 3.0 * b.data, 3.0 * a.data
+    else:                                  # both, through two different paths
+        loss = (s * 2.0).sum() + (p * 3.0).sum() + s.sum()
+        ga, gb = 3.0 + 3.0 * b.data, 3.0 + 3.0 * a.data
+    loss.backward()
+    assert SumProd.calls == [expect]       # one call, after both outputs' gradients arrived
+    np.testing.assert_allclose(a.grad, ga)
+    np.testing.assert_allclose(b.grad, gb)
+
+
+def test_output_used_twice_gets_the_summed_gradient_in_one_call():
+    a, b = _sumprod_inputs()
+    s, p = SumProd.apply(a, b)
+    SumProd.calls.clear()
+    (p * 2.0 + p * 5.0).sum().backward()
+    assert SumProd.calls == [(False, True)]
+    np.testing.assert_allclose(a.grad, 7.0 * b.data)
+    np.testing.assert_allclose(b.grad, 7.0 * a.data)
+
+
+def test_several_outputs_backward_from_one_output_directly():
+    a, b = _sumprod_inputs()
+    s, p = SumProd.apply(a, b)
+    dp = rand(3, 4, seed=3)
+    p.backward(dp)
+    np.testing.assert_allclose(a.grad, dp * b.data)
+
+
+def test_several_outputs_accumulate_retain_and_free():
+    a, b = _sumprod_inputs()
+    s, p = SumProd.apply(a, b)
+    s.retain_grad()
+    loss = (s * p).sum()
+    loss.backward(retain_graph=True)
+    first = a.grad.copy()
+    np.testing.assert_allclose(s.grad, p.data)            # d(s p)/ds, kept by retain_grad
+    np.testing.assert_allclose(first, p.data + s.data * b.data)
+    ctx = s._ctx
+    assert not ctx.freed
+    loss.backward()                                       # accumulates, then frees
+    np.testing.assert_allclose(a.grad, 2 * first)
+    np.testing.assert_allclose(s.grad, 2 * p.data)
+    assert ctx.freed and p._ctx.freed and not hasattr(ctx, "saved")
+    with pytest.raises(RuntimeError, match="SumProd.*retain_graph"):
+        (p * 1.0).sum().backward()                        # its graph is gone
+
+
+def test_several_outputs_in_a_deep_chain():
+    """2-output nodes chained 2,000 deep: the iterative sort handles them, each runs once."""
+    a = tl.Tensor(np.array([0.5]), requires_grad=True)
+    b = tl.Tensor(np.array([0.25]), requires_grad=True)
+    s, p = a, b
+    for _ in range(2000):
+        s, p = SumProd.apply(s * 0.5, p * 0.5)
+    SumProd.calls.clear()
+    (s + p).sum().backward()
+    assert len(SumProd.calls) == 2000
+    assert np.isfinite(a.grad).all() and np.isfinite(b.grad).all()
+
+
+def test_several_outputs_under_detect_anomaly_names_the_output():
+    class Pair(tl.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy(), np.log(x - 10.0)      # NaN in output 1 only
+
+        @staticmethod
+        def backward(ctx, d0, d1):
+            return d0
+
+    x = tl.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with tl.detect_anomaly(), pytest.warns(RuntimeWarning):
+        with pytest.raises(tl.AnomalyError, match="Pair forward produced NaN in output 1"):
+            Pair.apply(x)
+
+    class BadBackward(tl.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy(), x.copy()
+
+        @staticmethod
+        def backward(ctx, d0, d1):
+            return np.full_like(d0 if d0 is not None else d1, np.inf)
+
+    with tl.detect_anomaly():
+        u, v = BadBackward.apply(x)
+        with pytest.raises(tl.AnomalyError, match="BadBackward backward produced"):
+            v.sum().backward()
+
+
+def test_several_outputs_forward_must_not_return_an_empty_tuple():
+    class Nothing(tl.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return ()
+
+    with pytest.raises(RuntimeError, match="Nothing.forward returned an empty tuple"):
+        Nothing.apply(tl.Tensor(np.array([1.0]), requires_grad=True))
+
+
 # --- getitem, dropout, embedding, cross_entropy ------------------------------------------
 
 
@@ -826,3 +1002,53 @@ def test_backward_with_a_non_numeric_gradient_is_a_type_error():
     x = tl.Tensor(np.ones(2), requires_grad=True)
     with pytest.raises(TypeError, match="backward"):
         (x * 2.0).backward(np.array(["a", "b"]))
+
+
+# --- empty tensors and masked_fill's fill value (issue 9's PyTorch-input bugs) -------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_and_max_of_an_empty_batch_are_empty(dtype):
+    """(0, V) reduced over its non-empty last axis: the empty result, forward and backward,
+    as in NumPy and PyTorch."""
+    for op, out_shape in ((lambda t: F.log_softmax(t, axis=-1), (0, 5)),
+                          (lambda t: t.max(axis=-1), (0,)),
+                          (lambda t: t.max(axis=1, keepdims=True), (0, 1))):
+        x = tl.Tensor(np.zeros((0, 5), dtype), requires_grad=True)
+        y = op(x)
+        assert y.shape == out_shape and y.dtype == dtype
+        y.backward(np.zeros(out_shape, dtype))
+        assert x.grad.shape == (0, 5) and x.grad.dtype == dtype
+    x = tl.Tensor(np.zeros((2, 0, 3)), requires_grad=True)      # empty middle axis, kept
+    y = F.log_softmax(x, axis=2)
+    y.sum().backward()
+    assert y.shape == (2, 0, 3) and x.grad.shape == (2, 0, 3)
+    assert x.max(axis=-1).shape == (2, 0)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x: F.log_softmax(x, axis=-1), "log_softmax"),
+    (lambda x: F.log_softmax(x.reshape(0, 3), axis=0), "log_softmax"),
+    (lambda x: x.max(axis=-1), "max"),
+    (lambda x: x.max(), "max"),
+    (lambda x: x.max(axis=(0, 1)), "max"),
+])
+def test_reducing_an_empty_axis_raises_naming_the_op(call, name):
+    x = tl.Tensor(np.zeros((3, 0)), requires_grad=True)
+    with pytest.raises(tl.ShapeError, match=rf"^{name}: .*empty"):
+        call(x)
+
+
+def test_masked_fill_refuses_a_tensor_value_naming_the_op():
+    x = tl.Tensor(rand(2, 3), requires_grad=True)
+    mask = np.array([[True, False, True], [False, False, True]])
+    for bad, what in ((tl.Tensor(np.array(1.0)), "a Tensor"),
+                      (np.ones((2, 3)), r"an array of shape \(2, 3\)"),
+                      ("0", "str")):
+        with pytest.raises(TypeError, match=rf"masked_fill: value must be a Python or NumPy "
+                                            rf"number .*got {what}"):
+            tl.masked_fill(x, mask, bad)
+    # what is accepted: Python and NumPy numbers (and a 0-d array, a NumPy number too)
+    for ok in (-np.inf, 2, np.float32(0.5), np.array(3.0), True):
+        y = tl.masked_fill(x, mask, ok)
+        np.testing.assert_array_equal(y.data, np.where(mask, float(ok), x.data))

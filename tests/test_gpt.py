@@ -198,7 +198,11 @@ def test_decode_step_logits_match_full_forward(impl):
         logits = m.prefill(seq[:, :2], cache)
         for t in range(2, seq.shape[1]):
             full = m(seq[:, max(0, t - bs):t])[0].data[:, -1]      # cropped context
-            np.testing.assert_allclose(logits, full, atol=1e-5, rtol=0, err_msg=f"t={t}")
+            # one-token decoding runs the layernorm and mlp references (GPT._decode_arrays),
+            # the forward runs impl's: in float32 those agree to a relative 1e-5
+            # (tests/test_kernels_dense.py), which compounds over the layers
+            np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5 if impl != "numpy"
+                                       else 0, err_msg=f"t={t}")
             logits = m.decode_step(seq[:, t], cache)
     assert cache.length == bs and cache.refills == seq.shape[1] - bs
 

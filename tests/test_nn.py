@@ -2,6 +2,8 @@
 gradients (inputs and parameters) are checked against finite differences in float64."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,12 @@ from tinyllm.errors import ShapeError
 
 F = tl.functional
 IMPLS = tl.kernels.available("attention")
+
+
+def dims(n_embd, n_head, dropout=0.0, bias=True):
+    """A GPTConfig holding what the transformer layers read (n_embd, n_head, dropout, bias)."""
+    return tl.models.GPTConfig(vocab_size=1, block_size=1, n_layer=1, n_head=n_head,
+                               n_embd=n_embd, dropout=dropout, bias=bias)
 
 
 def rand(*shape, seed=0, dtype=np.float64):
@@ -36,7 +44,7 @@ def test_parameter_names_follow_registration_order():
 
 
 def test_block_parameter_names_are_gpt2s():
-    names = [n for n, _ in nn.Block(8, 2, rng=0).named_parameters()]
+    names = [n for n, _ in nn.Block(dims(8, 2), rng=0).named_parameters()]
     assert names == [f"{m}.{p}" for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2",
                                           "mlp.c_fc", "mlp.c_proj") for p in ("weight", "bias")]
 
@@ -78,7 +86,7 @@ def test_load_state_dict_shape_mismatch_names_the_parameter():
 
 
 def test_freeze_and_unfreeze_by_pattern():
-    blk = nn.Block(8, 2, rng=0, dtype=np.float64)
+    blk = nn.Block(dims(8, 2), rng=0, dtype=np.float64)
     frozen = blk.freeze("ln_*")
     assert frozen == ["ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"]
     x = tl.Tensor(rand(2, 3, 8), requires_grad=True)
@@ -95,25 +103,28 @@ def test_freeze_and_unfreeze_by_pattern():
 
 def test_parameter_count_of_a_known_block():
     C = 24
-    blk = nn.Block(C, 4, rng=0)
+    blk = nn.Block(dims(C, 4), rng=0)
     # ln_1 2C, c_attn 3C^2 + 3C, c_proj C^2 + C, ln_2 2C, c_fc 4C^2 + 4C, c_proj 4C^2 + C
     assert blk.num_parameters() == 12 * C * C + 13 * C
-    assert nn.Block(C, 4, bias=False, rng=0).num_parameters() == 12 * C * C + 2 * C  # ln w
+    no_bias = nn.Block(dims(C, 4, bias=False), rng=0)
+    assert no_bias.num_parameters() == 12 * C * C + 2 * C             # ln weights only
 
 
 def test_init_is_reproducible_from_a_seed_and_float32_is_float64_rounded():
-    a = nn.Block(16, 2, rng=5, std=0.02)
-    b = nn.Block(16, 2, rng=5, std=0.02, dtype=np.float64)
+    a = nn.Block(dims(16, 2), rng=5, std=0.02)
+    b = nn.Block(dims(16, 2), rng=5, std=0.02, dtype=np.float64)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert p.dtype == np.float32 and q.dtype == np.float64
         np.testing.assert_array_equal(p.data, q.data.astype(np.float32), err_msg=n)
-    c = nn.Block(16, 2, rng=6, std=0.02)
+    c = nn.Block(dims(16, 2), rng=6, std=0.02)
     assert not np.array_equal(a.attn.c_attn.weight.data, c.attn.c_attn.weight.data)
 
 
 def test_bad_layer_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="n_head"):
-        nn.CausalSelfAttention(10, 3)
+        nn.CausalSelfAttention(SimpleNamespace(n_embd=10, n_head=3, dropout=0.0, bias=True))
+    with pytest.raises(TypeError, match="Block: cfg must be a config with n_embd, bias .*'bias'"):
+        nn.Block(SimpleNamespace(n_embd=8, n_head=2, dropout=0.0))
     with pytest.raises(ValueError, match="in_features"):
         nn.Linear(0, 3)
     with pytest.raises(ValueError, match="p must be"):
@@ -148,7 +159,7 @@ def test_dropout_is_reproducible_and_its_rng_state_saveable():
 
 
 def test_eval_mode_reaches_nested_dropouts():
-    blk = nn.Block(8, 2, dropout=0.5, rng=0, dtype=np.float64)
+    blk = nn.Block(dims(8, 2, dropout=0.5), rng=0, dtype=np.float64)
     x = tl.Tensor(rand(2, 4, 8))
     assert not np.array_equal(blk(x).data, blk(x).data)
     blk.eval()
@@ -181,8 +192,9 @@ def _with_params(module, fn):
 LAYERS = {
     "linear": (lambda: nn.Linear(4, 3, rng=0, dtype=np.float64), (2, 3, 4)),
     "layernorm": (lambda: nn.LayerNorm(5, dtype=np.float64), (3, 5)),
-    "mlp": (lambda: nn.MLP(4, 6, rng=0, std=0.5, dtype=np.float64), (2, 3, 4)),
-    "attention": (lambda: nn.CausalSelfAttention(6, 2, rng=0, std=0.5, dtype=np.float64),
+    "mlp": (lambda: nn.MLP(dims(4, 1), rng=0, hidden=6, std=0.5, dtype=np.float64), (2, 3, 4)),
+    "attention": (lambda: nn.CausalSelfAttention(dims(6, 2), rng=0, std=0.5,
+                                                       dtype=np.float64),
                   (2, 3, 6)),
 }
 
@@ -201,7 +213,7 @@ def test_layer_gradients(layer, impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_block_gradients_fast(impl):
-    blk = nn.Block(4, 2, rng=0, std=0.4, dtype=np.float64)
+    blk = nn.Block(dims(4, 2), rng=0, std=0.4, dtype=np.float64)
     f, params = _with_params(blk, lambda m, x: m(x))
     with tl.kernels.use(impl):
         assert tl.gradcheck(f, [rand(2, 3, 4, seed=3)] + params, atol=1e-6, rtol=1e-5,

@@ -27,9 +27,10 @@ class KernelOp(Function):
     ``grad_args`` are the kernel's differentiable inputs (Tensors or arrays); the others are
     passed through (targets, masks; ``None`` allowed). Float inputs are brought to one dtype
     (NumPy promotion, as the primitive ops do) and each gradient is returned in its input's
-    dtype. A kernel with several outputs (additive attention's ``(c, alpha)``) has them
-    packed side by side along the last axis, since a graph node has one output; the caller
-    slices them apart, and backward splits the upstream gradient the same way.
+    dtype. A kernel with several outputs (additive attention's ``(c, alpha)``) makes a node
+    with several outputs: ``apply`` returns a tuple of Tensors, and the backward hands the
+    kernel the tuple of their upstream gradients, ``None`` for an output that got none (the
+    kernels' backward contract reads ``None`` as zero).
     """
 
     @staticmethod
@@ -42,17 +43,13 @@ class KernelOp(Function):
             if args[i] is not None and args[i].dtype != dt:
                 args[i] = args[i].astype(dt)
         out, cache = k.forward(*args, **options)
-        ctx.kernel, ctx.cache, ctx.grad_args, ctx.widths = k, cache, grad_args, None
-        if isinstance(out, tuple):
-            ctx.widths = [o.shape[-1] for o in out]
-            out = np.concatenate(out, axis=-1)
+        ctx.kernel, ctx.cache, ctx.grad_args = k, cache, grad_args
         ctx.dtypes = [a.dtype if isinstance(a, np.ndarray) else None for a in arrays]
-        return out
+        return tuple(out) if isinstance(out, (tuple, list)) else out
 
     @staticmethod
-    def backward(ctx, dout):
-        if ctx.widths is not None:
-            dout = tuple(np.split(dout, np.cumsum(ctx.widths)[:-1], axis=-1))
+    def backward(ctx, *douts):
+        dout = douts if ctx.n_outputs > 1 else douts[0]
         grads = ctx.kernel.backward(dout, ctx.cache)
         result = [None] * len(ctx.dtypes)
         for i, g in zip(ctx.grad_args, grads):
@@ -90,7 +87,18 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """x - max - log(sum(exp(x - max))) along ``axis``."""
+    """x - max - log(sum(exp(x - max))) along ``axis``: the one log-softmax of tinyllm
+    (``tl.infer`` scores beams with it too; the ``cross_entropy`` kernel fuses its own into
+    the loss). An empty batch, (0, V) over the last axis, gives the empty result; an axis of
+    length 0 has no distribution over it and raises ShapeError."""
+    x = _tensor(x, "log_softmax", "x")
+    if x.ndim == 0:
+        raise ShapeError("log_softmax: x must have at least one axis, got a 0-d tensor")
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"log_softmax: axis {axis} is out of range for a {x.ndim}-d tensor")
+    if x.shape[axis] == 0:
+        raise ShapeError(f"log_softmax: axis {axis} of shape {x.shape} is empty; there is no "
+                         f"distribution over zero classes")
     m = x.max(axis=axis, keepdims=True).detach()
     shifted = x - m
     return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
@@ -165,9 +173,8 @@ def additive_attention(h: Tensor, x: Tensor, W_q: Tensor, W_k: Tensor, v_a: Tens
     """
     h = _tensor(h, "additive_attention", "h")
     m = mask.data if isinstance(mask, Tensor) else mask
-    both = _kernel("additive_attention", h, x, W_q, W_k, v_a, m, grad_args=range(5))
-    Dx = x.shape[-1]
-    return both[:, :Dx], both[:, Dx:]
+    c, alpha = _kernel("additive_attention", h, x, W_q, W_k, v_a, m, grad_args=range(5))
+    return c, alpha
 
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int,

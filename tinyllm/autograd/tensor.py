@@ -2,9 +2,11 @@
 
 A Tensor wraps a NumPy array (``.data``) and, once ``backward()`` has run, the gradient of the
 output with respect to it (``.grad``, an ndarray of the same shape and dtype). Every operation
-is a ``Function``: ``forward`` maps arrays to an array, ``backward`` maps the upstream
-gradient ``dout`` to one gradient per input. ``Function.apply`` runs the forward and records
-the graph; ``Tensor.backward`` walks it from the output back to the leaves.
+is a ``Function``: ``forward`` maps arrays to an array (or to a tuple of arrays: an op with
+several outputs), ``backward`` maps the upstream gradient of each output to one gradient per
+input. ``Function.apply`` runs the forward and records the graph; ``Tensor.backward`` walks it
+from the output back to the leaves, running each op's backward once, after every use of every
+one of its outputs has sent its gradient.
 
 dtypes: float32 and float64 are kept as they are. Python lists and Python numbers become
 float32. Integer and boolean arrays are allowed as data (indices, masks) but cannot require
@@ -121,6 +123,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.grad = None       # ndarray, filled by backward()
         self._ctx = None       # the Context of the op that made this tensor, if recorded
+        self._out = 0          # which output of that op this tensor is
         self._retain = False   # keep .grad on a non-leaf (retain_grad)
         self._origin = _user_site() if _state["anomaly"] else None
 
@@ -132,6 +135,7 @@ class Tensor:
         t.requires_grad = requires_grad
         t.grad = None
         t._ctx = None
+        t._out = 0
         t._retain = False
         t._origin = _user_site() if _state["anomaly"] else None
         return t
@@ -191,17 +195,20 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ShapeError(f"backward: gradient shape {grad.shape} does not match "
                                  f"tensor shape {self.shape}")
-        grads = {id(self): grad}
-        for t in self._reverse_topo():
-            g = grads.pop(id(t), None)
-            if g is None:
+        # Gradients wait in two places until everything upstream of them has been summed:
+        # per op output, ``node_grads[id(ctx)][i]`` (what the op's backward receives), and per
+        # leaf or retain_grad tensor, ``tensor_grads[id(t)]`` (what lands in ``t.grad``).
+        node_grads, tensor_grads = {}, {}
+        _send(self, grad, node_grads, tensor_grads)
+        for ctx in self._reverse_topo():
+            douts = node_grads.pop(id(ctx), None)
+            if douts is None:
                 continue
-            if t._ctx is None or t._retain:
-                t._accumulate(g)
-            if t._ctx is not None:
-                _backward_node(t._ctx, g, grads)
-                if not retain_graph:
-                    t._ctx.free()
+            _backward_node(ctx, douts, node_grads, tensor_grads)
+            if not retain_graph:
+                ctx.free()
+        for t, g in tensor_grads.values():
+            t._accumulate(g)
 
     def _accumulate(self, g: np.ndarray) -> None:
         if self.grad is None:
@@ -210,25 +217,30 @@ class Tensor:
             self.grad += g
 
     def _reverse_topo(self) -> list:
-        """Nodes from this output back to the leaves, each after all of its consumers.
+        """The ops from this output back to the leaves, each before the ops that made its
+        inputs (so each runs after all of its consumers). An op with several outputs is one
+        node, however many of its outputs lead here.
 
         Iterative depth-first search, so a 10,000-deep chain cannot hit the recursion limit.
+        A freed op is listed (its backward then says so) but not walked through.
         """
+        if self._ctx is None:
+            return []
         order, seen = [], set()
-        stack = [(self, False)]
+        stack = [(self._ctx, False)]
         while stack:
-            t, expanded = stack.pop()
+            ctx, expanded = stack.pop()
             if expanded:
-                order.append(t)
+                order.append(ctx)
                 continue
-            if id(t) in seen:
+            if id(ctx) in seen:
                 continue
-            seen.add(id(t))
-            stack.append((t, True))
-            if t._ctx is not None and not t._ctx.freed:
-                for p in t._ctx.parents:
-                    if p is not None and id(p) not in seen:
-                        stack.append((p, False))
+            seen.add(id(ctx))
+            stack.append((ctx, True))
+            if not ctx.freed:
+                for p in ctx.parents:
+                    if p is not None and p._ctx is not None and id(p._ctx) not in seen:
+                        stack.append((p._ctx, False))
         order.reverse()
         return order
 
@@ -281,6 +293,7 @@ class Context:
 
     ``save_for_backward(*arrays)`` stores arrays in ``saved``; any other attribute may be set
     freely (``ctx.axis = axis``). ``needs_input_grad[i]`` says whether input i wants a gradient.
+    ``n_outputs`` is how many outputs the forward returned (set by ``apply``; 1 for an array).
     """
 
     def __init__(self, op, parents, needs_input_grad):
@@ -288,6 +301,7 @@ class Context:
         self.parents = parents
         self.needs_input_grad = needs_input_grad
         self.saved = ()
+        self.n_outputs = 1
         self.freed = False
         self.site = _user_site() if _state["anomaly"] else None
 
@@ -296,9 +310,9 @@ class Context:
 
     def free(self) -> None:
         """Drop the saved buffers and the links to the inputs."""
-        op = self.op
+        op, n = self.op, self.n_outputs
         self.__dict__.clear()
-        self.op = op
+        self.op, self.n_outputs = op, n
         self.freed = True
 
 
@@ -322,49 +336,99 @@ class Function:
     ``backward`` must not modify ``dout`` in place: the engine may hand the same array to
     several inputs' gradients.
 
+    Several outputs: a forward that returns a tuple of arrays makes ``apply`` return a tuple
+    of Tensors, one per array, and ``backward(ctx, *douts)`` then receives one upstream
+    gradient per output, in the same order. An output that sent no gradient (it was not used
+    on the way to what ``backward()`` was called on) gets ``None``, not an array of zeros, so
+    the op can skip that part of its work; at least one of them is always an array. Outputs
+    used several times have their gradients summed first, as for any tensor::
+
+        class SinCos(tl.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return np.sin(x), np.cos(x)
+            @staticmethod
+            def backward(ctx, ds, dc):      # either may be None
+                (x,) = ctx.saved
+                g = np.zeros_like(x)
+                if ds is not None: g = g + ds * np.cos(x)
+                if dc is not None: g = g - dc * np.sin(x)
+                return g
+
+        s, c = SinCos.apply(t)
+
     Positional arguments that are Tensors take part in the graph; anything else (integer
     arrays, masks, numbers) is passed to forward as it is and gets ``None`` as its gradient.
     Keyword arguments are passed to forward as options.
     """
 
     @staticmethod
-    def forward(ctx: Context, *arrays, **options) -> np.ndarray:
+    def forward(ctx: Context, *arrays, **options):
         raise NotImplementedError
 
     @staticmethod
-    def backward(ctx: Context, dout: np.ndarray):
+    def backward(ctx: Context, *douts):
         raise NotImplementedError
 
     @classmethod
-    def apply(cls, *args, **options) -> Tensor:
+    def apply(cls, *args, **options):
         arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         track = _state["grad"] and any(needs)
         parents = tuple(a if n else None for a, n in zip(args, needs))
         ctx = Context(cls, parents, needs)
         out = cls.forward(ctx, *arrays, **options)
-        if not isinstance(out, np.ndarray):
-            out = np.asarray(out)
-        if _state["anomaly"]:
-            _check_finite(out, f"{cls.__name__} forward produced {{bad}} in its output", ctx,
-                          args, passed=arrays)
-        result = Tensor._wrap(out, track)
-        if track:
-            result._ctx = ctx
-        return result
+        several = isinstance(out, tuple)
+        outs = out if several else (out,)
+        if several and not outs:
+            raise RuntimeError(f"{cls.__name__}.forward returned an empty tuple; it must "
+                               f"return an array or a tuple of arrays")
+        outs = tuple(o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs)
+        ctx.n_outputs = len(outs)
+        results = []
+        for i, o in enumerate(outs):
+            if _state["anomaly"]:
+                which = f"output {i}" if several else "its output"
+                _check_finite(o, f"{cls.__name__} forward produced {{bad}} in {which}", ctx,
+                              args, passed=arrays)
+            r = Tensor._wrap(o, track)
+            if track:
+                r._ctx, r._out = ctx, i
+            results.append(r)
+        return tuple(results) if several else results[0]
 
 
-def _backward_node(ctx: Context, dout: np.ndarray, grads: dict) -> None:
-    """Run one op's backward and add each input's gradient into ``grads``."""
+def _send(t: Tensor, g: np.ndarray, node_grads: dict, tensor_grads: dict) -> None:
+    """Add gradient g into what tensor t has received: into its op's slot for t's output,
+    and, for a leaf or a ``retain_grad`` tensor, into what will land in ``t.grad``."""
+    if t._ctx is None or t._retain:
+        key = id(t)
+        if key in tensor_grads:
+            tensor_grads[key][1] = tensor_grads[key][1] + g
+        else:
+            tensor_grads[key] = [t, g]
+    if t._ctx is not None:
+        slots = node_grads.get(id(t._ctx))
+        if slots is None:
+            slots = node_grads[id(t._ctx)] = [None] * t._ctx.n_outputs
+        i = t._out
+        slots[i] = g if slots[i] is None else slots[i] + g
+
+
+def _backward_node(ctx: Context, douts: list, node_grads: dict, tensor_grads: dict) -> None:
+    """Run one op's backward on its outputs' summed gradients (None where an output got
+    none) and send each input's gradient on."""
     if ctx.freed:
         raise RuntimeError(f"backward: the graph through {ctx.op.__name__} was already freed "
                            f"by an earlier backward(); pass retain_graph=True to the first call")
-    in_grads = ctx.op.backward(ctx, dout)
+    in_grads = ctx.op.backward(ctx, *douts)
     if not isinstance(in_grads, (tuple, list)):
         in_grads = (in_grads,)
     if len(in_grads) != len(ctx.parents):
         raise RuntimeError(f"{ctx.op.__name__}.backward returned {len(in_grads)} gradients "
                            f"for {len(ctx.parents)} inputs")
+    passed = tuple(d for d in douts if d is not None)
     for i, (p, g) in enumerate(zip(ctx.parents, in_grads)):
         if p is None or g is None:
             continue
@@ -376,9 +440,8 @@ def _backward_node(ctx: Context, dout: np.ndarray, grads: dict) -> None:
             g = g.astype(p.dtype)
         if _state["anomaly"]:
             _check_finite(g, f"{ctx.op.__name__} backward produced {{bad}} in the gradient of "
-                             f"input {i}", ctx, ctx.parents, passed=(dout,))
-        key = id(p)
-        grads[key] = grads[key] + g if key in grads else g
+                             f"input {i}", ctx, ctx.parents, passed=passed)
+        _send(p, g, node_grads, tensor_grads)
 
 
 _KINDS = {"NaN": np.isnan, "+Inf": np.isposinf, "-Inf": np.isneginf}

@@ -13,17 +13,27 @@ Each step turns the last position's logits z (B, V) into the next token:
 
 Sampling draws one uniform number per sequence per step from
 ``np.random.default_rng(seed)``, so a seed fixes the output. The arithmetic of sampling is
-float64 whatever the model's dtype.
+float64 whatever the model's dtype; the probabilities come from the ``softmax`` kernel and
+beam scores from ``tl.functional.log_softmax`` (no third copy of either formula here).
+
+One decode loop, ``decode``, serves sampling (``generate``), ``beam_search`` and anyone else
+who picks tokens from logits (the reversal task's exact-match scoring in
+``tinyllm.train.seq_tasks``). It drives the decoding protocol that GPT and AttentionRNN
+speak:
+
+    state, logits = model.start(idx)       prompt (B, T) -> logits (B, V) for the next token
+    logits = model.step(state, tokens)     feed tokens (B,), one per row
+    model.reorder(state, index)            keep rows ``index`` of the state (beam search)
 
 Two ways to get logits:
-- ``use_cache=True`` and the model has ``new_kv_cache`` (GPT): prefill the prompt once, then
-  one ``decode_step`` per new token (see ``tinyllm.models.gpt`` for what happens when the
-  sequence outgrows ``block_size``).
+- ``use_cache=True`` and the model speaks the protocol: its own incremental state (GPT: a KV
+  cache, prefilled once, then one ``decode_step`` per token, see ``tinyllm.models.gpt`` for
+  what happens past ``block_size``; AttentionRNN: h and the keys seen so far).
 - otherwise any model whose ``model(idx)`` returns ``(logits (B, T, V), loss)``: the whole
   context is run again each step, cropped to its last ``block_size`` tokens when the model
   has one (``model.config.block_size`` or ``model.block_size``), as nanoGPT does.
 
-Dropout: a model is switched to eval mode while it generates and then restored.
+Dropout: a model is switched to eval mode while it decodes and then restored.
 """
 from __future__ import annotations
 
@@ -31,7 +41,9 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from ..autograd import Tensor, no_grad
+from ..autograd import functional as F
 
 
 # ------------------------------------------------------------------ argument checks
@@ -81,7 +93,7 @@ def filter_logits(logits: np.ndarray, top_k: int | None = None,
     if top_p is not None and top_p < 1.0:
         order = np.argsort(-z, axis=-1, kind="stable")                     # (B, V)
         zs = np.take_along_axis(z, order, axis=-1)
-        p = np.exp(zs - zs[:, :1])
+        p = _softmax(zs)                                                   # sorted, (B, V)
         cum = np.cumsum(p, axis=-1) / p.sum(axis=-1, keepdims=True)        # (B, V)
         # drop a token when the ones ranked above it already reach top_p
         drop_sorted = np.concatenate([np.zeros_like(cum[:, :1], dtype=bool),
@@ -92,13 +104,25 @@ def filter_logits(logits: np.ndarray, top_k: int | None = None,
     return z
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """softmax over the last axis of a float64 (B, V), by the ``softmax`` kernel."""
+    return kernels.get("softmax").forward(np.ascontiguousarray(z))[0]
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax(z) over the last axis in float64: ``tl.functional.log_softmax`` on the
+    array (no graph)."""
+    with no_grad():
+        return F.log_softmax(Tensor(np.asarray(z, np.float64)), axis=-1).data
+
+
 def sample_next(logits: np.ndarray, temperature: float, top_k, top_p,
                 rng: np.random.Generator) -> np.ndarray:
     """One token per row of logits (B, V): greedy when temperature is 0, else sampled."""
     if temperature == 0:
         return np.argmax(logits, axis=-1)
     z = filter_logits(np.asarray(logits, np.float64) / temperature, top_k, top_p)
-    p = np.exp(z - z.max(axis=-1, keepdims=True))                          # (B, V)
+    p = _softmax(z)                                                        # (B, V)
     cum = np.cumsum(p, axis=-1)
     u = rng.random(len(z)) * cum[:, -1]                                    # (B,)
     # the first token whose cumulative mass exceeds u: never one of probability 0
@@ -114,51 +138,38 @@ def _block_size(model):
 
 
 class _Recompute:
-    """Logits by running the whole (cropped) context through ``model(idx)`` each step."""
+    """The decoding protocol for a model without one (or with ``use_cache=False``): the state
+    is the token sequence, and every call runs ``model(idx)`` on the whole context, cropped
+    to its last ``block_size`` tokens."""
 
-    def __init__(self, model, idx):
+    def __init__(self, model):
         self.model, self.block = model, _block_size(model)
-        self.seq = idx
 
-    def start(self):
-        return self._last()
+    def start(self, idx):
+        state = {"seq": np.asarray(idx)}
+        return state, self._last(state)
 
-    def step(self, tokens):
-        self.seq = np.concatenate([self.seq, tokens[:, None]], axis=1)
-        return self._last()
+    def step(self, state, tokens):
+        state["seq"] = np.concatenate([state["seq"], np.asarray(tokens)[:, None]], axis=1)
+        return self._last(state)
 
-    def reorder(self, index):
-        self.seq = self.seq[index]
+    def reorder(self, state, index):
+        state["seq"] = state["seq"][index]
 
-    def _last(self):
-        ctx = self.seq if self.block is None else self.seq[:, -self.block:]
+    def _last(self, state):
+        seq = state["seq"]
+        ctx = seq if self.block is None else seq[:, -self.block:]
         logits = self.model(ctx)[0]
         logits = logits.data if isinstance(logits, Tensor) else np.asarray(logits)
         return logits[:, -1]                                               # (B, V)
 
 
-class _Cached:
-    """Logits from the model's KV cache: one prefill, then one decode_step per token."""
-
-    def __init__(self, model, idx, total_len):
-        self.model, self.idx = model, idx
-        max_len = min(_block_size(model) or total_len, total_len)
-        self.cache = model.new_kv_cache(idx.shape[0], max_len)
-
-    def start(self):
-        return self.model.prefill(self.idx, self.cache)
-
-    def step(self, tokens):
-        return self.model.decode_step(tokens, self.cache)
-
-    def reorder(self, index):
-        self.cache.reorder(index)
-
-
-def _source(model, idx, max_new_tokens, use_cache):
-    if use_cache and hasattr(model, "new_kv_cache"):
-        return _Cached(model, idx, idx.shape[1] + max_new_tokens)
-    return _Recompute(model, idx)
+def _protocol(model, use_cache):
+    """What the decode loop talks to: the model itself when it speaks the protocol and
+    ``use_cache``, else a ``_Recompute`` over ``model(idx)``."""
+    if use_cache and all(callable(getattr(model, n, None)) for n in ("start", "step")):
+        return model
+    return _Recompute(model)
 
 
 class _EvalMode:
@@ -180,6 +191,29 @@ class _EvalMode:
 
 # ------------------------------------------------------------------ public functions
 
+def decode(model, idx, max_new_tokens: int, choose, use_cache: bool = True) -> None:
+    """The decode loop: ``choose(logits, i)`` picks what to feed after the i-th logits.
+
+    idx int (B, T), the prompt. ``choose`` is called at most ``max_new_tokens`` times with the
+    logits (B, V) for the next position and the call's number i = 0, 1, ...; it returns
+    ``(tokens, index)``: the tokens (B,) to feed next, and ``index`` (B,) to reorder the
+    state's rows first (beam search) or None. ``tokens`` None stops the loop. After the last
+    call nothing is fed (its tokens are the last ones chosen). Runs under ``no_grad`` with
+    every module in eval mode, then restores each module's mode. Whatever ``choose``
+    records is the result.
+    """
+    src = _protocol(model, use_cache)
+    with no_grad(), _EvalMode(model):
+        state, logits = src.start(idx)
+        for i in range(max_new_tokens):
+            tokens, index = choose(logits, i)
+            if tokens is None or i + 1 == max_new_tokens:
+                break
+            if index is not None:
+                src.reorder(state, index)
+            logits = src.step(state, tokens)
+
+
 def generate(model, idx, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed=None,
              use_cache: bool = True) -> np.ndarray:
@@ -198,23 +232,17 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0,
     x = x.astype(np.int64)
     if max_new_tokens == 0:
         return x[0] if arr.ndim == 1 else x
-    out = np.empty((x.shape[0], x.shape[1] + max_new_tokens), np.int64)
-    out[:, :x.shape[1]] = x
-    with no_grad(), _EvalMode(model):
-        src = _source(model, x, max_new_tokens, use_cache)
-        logits = src.start()
-        for i in range(max_new_tokens):
-            nxt = sample_next(logits, float(temperature), top_k, top_p, rng)     # (B,)
-            out[:, x.shape[1] + i] = nxt
-            if i + 1 < max_new_tokens:
-                logits = src.step(nxt.astype(np.int64))
+    T = x.shape[1]
+    out = np.empty((x.shape[0], T + max_new_tokens), np.int64)
+    out[:, :T] = x
+
+    def choose(logits, i):
+        nxt = sample_next(logits, float(temperature), top_k, top_p, rng)     # (B,)
+        out[:, T + i] = nxt
+        return nxt.astype(np.int64), None
+
+    decode(model, x, max_new_tokens, choose, use_cache)
     return out[0] if arr.ndim == 1 else out
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, np.float64)
-    m = z.max(axis=-1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
 def beam_search(model, idx, max_new_tokens: int, beam_width: int = 4,
@@ -246,10 +274,9 @@ def beam_search(model, idx, max_new_tokens: int, beam_width: int = 4,
                          f"{length_penalty!r}")
     x = (arr[None] if arr.ndim == 1 else arr).astype(np.int64)
     rows = []
-    with no_grad(), _EvalMode(model):
-        for b in range(x.shape[0]):
-            rows.append(_beam_one(model, x[b], max_new_tokens, W, float(length_penalty),
-                                  eos_token_id, use_cache))
+    for b in range(x.shape[0]):
+        rows.append(_beam_one(model, x[b], max_new_tokens, W, float(length_penalty),
+                              eos_token_id, use_cache))
     n = max(len(r) for r in rows)
     pad = -1 if eos_token_id is None else eos_token_id
     out = np.full((len(rows), n), pad, np.int64)
@@ -258,20 +285,23 @@ def beam_search(model, idx, max_new_tokens: int, beam_width: int = 4,
     return out[0] if arr.ndim == 1 else out
 
 
-def _beam_one(model, prompt, max_new, W, alpha, eos, use_cache):
-    """Beam search for one prompt (T,) -> the best token sequence (prompt included)."""
-    if max_new == 0:
-        return prompt
-    src = _source(model, np.tile(prompt, (W, 1)), max_new, use_cache)
-    logp = _log_softmax(src.start())                                       # (W, V)
-    V = logp.shape[-1]
-    scores = np.full(W, -np.inf)
-    scores[0] = 0.0                      # the W copies of the prompt are one hypothesis
-    seqs = np.zeros((W, 0), np.int64)
-    finished = []                        # (normalised score, tokens)
-    live = True                          # do the live beams still count at the end?
-    for step in range(max_new):
-        cand = (scores[:, None] + logp).reshape(-1)                        # (W V,)
+class _Beam:
+    """The beam search's ``choose`` for ``decode``: keeps W live hypotheses (their summed
+    log-probabilities ``scores`` and new tokens ``seqs``) and the finished ones."""
+
+    def __init__(self, W, max_new, alpha, eos):
+        self.W, self.max_new, self.alpha, self.eos = W, max_new, alpha, eos
+        self.scores = np.full(W, -np.inf)
+        self.scores[0] = 0.0             # the W copies of the prompt are one hypothesis
+        self.seqs = np.zeros((W, 0), np.int64)
+        self.finished = []               # (normalised score, tokens)
+        self.live = True                 # do the live beams still count at the end?
+
+    def __call__(self, logits, step):
+        W, eos, alpha = self.W, self.eos, self.alpha
+        logp = log_softmax(logits)                                         # (W, V)
+        V = logp.shape[-1]
+        cand = (self.scores[:, None] + logp).reshape(-1)                   # (W V,)
         order = np.argsort(-cand, kind="stable")
         beam, tok = np.divmod(order, V)
         keep_b, keep_t, keep_s = [], [], []
@@ -279,36 +309,44 @@ def _beam_one(model, prompt, max_new, W, alpha, eos, use_cache):
             if not np.isfinite(s):
                 break
             if eos is not None and ti == eos:
-                n = seqs.shape[1] + 1
-                finished.append((s / n ** alpha, np.append(seqs[bi], ti)))
+                n = self.seqs.shape[1] + 1
+                self.finished.append((s / n ** alpha, np.append(self.seqs[bi], ti)))
                 continue
             keep_b.append(bi)
             keep_t.append(ti)
             keep_s.append(s)
             if len(keep_b) == W:
                 break
-        if not keep_b or len(finished) >= W:
-            live = False
-            break
+        if not keep_b or len(self.finished) >= W:
+            self.live = False
+            return None, None
         while len(keep_b) < W:           # fewer live candidates than beams: pad with -inf
             keep_b.append(keep_b[0])
             keep_t.append(keep_t[0])
             keep_s.append(-np.inf)
         bidx = np.array(keep_b)
         toks = np.array(keep_t, np.int64)
-        seqs = np.concatenate([seqs[bidx], toks[:, None]], axis=1)
-        scores = np.array(keep_s)
-        if step + 1 == max_new:
-            break
-        src.reorder(bidx)
-        logp = _log_softmax(src.step(toks))
-    n = seqs.shape[1]
-    if n and live:
-        for s, q in zip(scores, seqs):
-            if np.isfinite(s):
-                finished.append((s / n ** alpha, q))
-    best = max(finished, key=lambda f: f[0])[1] if finished else np.zeros(0, np.int64)
-    return np.concatenate([prompt, best]).astype(np.int64)
+        self.seqs = np.concatenate([self.seqs[bidx], toks[:, None]], axis=1)
+        self.scores = np.array(keep_s)
+        return toks, bidx
+
+    def best(self):
+        finished = list(self.finished)
+        n = self.seqs.shape[1]
+        if n and self.live:
+            for s, q in zip(self.scores, self.seqs):
+                if np.isfinite(s):
+                    finished.append((s / n ** self.alpha, q))
+        return max(finished, key=lambda f: f[0])[1] if finished else np.zeros(0, np.int64)
 
 
-__all__ = ["generate", "beam_search", "filter_logits", "sample_next"]
+def _beam_one(model, prompt, max_new, W, alpha, eos, use_cache):
+    """Beam search for one prompt (T,) -> the best token sequence (prompt included)."""
+    if max_new == 0:
+        return prompt
+    beam = _Beam(W, max_new, alpha, eos)
+    decode(model, np.tile(prompt, (W, 1)), max_new, beam, use_cache)
+    return np.concatenate([prompt, beam.best()]).astype(np.int64)
+
+
+__all__ = ["decode", "generate", "beam_search", "filter_logits", "sample_next", "log_softmax"]

@@ -5,9 +5,9 @@ from .gpt import GPT, GPTConfig, KVCache
 __all__ = ["GPT", "GPTConfig", "KVCache"]
 
 try:                                    # written separately; the package imports without it
-    from .attention_rnn import AttentionRNN  # noqa: F401
+    from .attention_rnn import AttentionRNN, RNNConfig  # noqa: F401
 except ModuleNotFoundError as e:        # only a missing file is tolerated, not a broken one
     if e.name != f"{__name__}.attention_rnn":
         raise
 else:
-    __all__.append("AttentionRNN")
+    __all__ += ["AttentionRNN", "RNNConfig"]

@@ -42,12 +42,25 @@ kernel and one tanh. The whole sequence costs O(T^2) for the attention, fine for
 After a forward, ``last_alpha`` holds the attention weights (B, T, T) as an ndarray: row t
 is a_{t, .}, zeros above the diagonal.
 
-Generation needs no recomputation: ``init_state(B)`` and ``step(state, tokens)`` advance the
-recurrence one token at a time (the RNN's own "KV cache" is h plus the x_i seen so far).
+Generation needs no recomputation. The model speaks the decoding protocol that GPT speaks
+(``tl.infer`` holds the one decode loop over it):
+
+    state, logits = model.start(idx)       prompt idx (B, T) -> logits (B, V) after it
+    logits = model.step(state, tokens)     one more token per row, tokens (B,)
+    model.reorder(state, index)            keep the rows ``index`` (beam search)
+
+The state (``RNNState``) is the RNN's own "KV cache": h_{t-1} and the x_i seen so far (and
+for "dot" their projections x_i W_k), so a step costs one attention over t + 1 keys, one cell
+and one readout, never a re-run of the prefix. ``start`` then ``step`` give the logits of
+``forward`` on the same tokens, to rounding.
+
+The sizes are data: ``RNNConfig`` (a dataclass beside ``GPTConfig``) holds them, and
+``AttentionRNN(cfg, seed=0, dtype=np.float32)`` builds the model from it.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -57,47 +70,107 @@ from ..autograd import functional as F
 from ..errors import ShapeError
 from ..nn import Module, Parameter
 
-__all__ = ["AttentionRNN", "SCORES"]
+__all__ = ["AttentionRNN", "RNNConfig", "RNNState", "SCORES"]
 
 SCORES = ("additive", "general", "dot")
 IGNORE_INDEX = -100       # the targets that the loss skips (tinyllm.data.tasks.IGNORE_INDEX)
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+@dataclass
+class RNNConfig:
+    """The attention RNN's sizes and choices (see the module docstring for the symbols)."""
+    vocab_size: int              # V: number of token ids
+    max_len: int                 # the longest sequence (rows of wpe)
+    d_embed: int = 64            # De: x_i = wte[idx_i] + wpe[i]
+    d_hidden: int = 64           # Dh: the state h_t
+    d_attn: int = 64             # A: the score's projection width (unused by "general")
+    score: str = "additive"      # (4.2b): "additive", "general" or "dot"
+    attention: bool = True       # False: the ablation without c_t
+    d_mlp: int | None = None     # hidden width of the MLP of (4.1a); None: d_hidden
+    d_ff: int | None = None      # width of f in (4.1b); None: d_hidden
+
+    def __post_init__(self):
+        for f in ("vocab_size", "max_len", "d_embed", "d_hidden", "d_attn"):
+            v = getattr(self, f)
+            if not _positive_int(v):
+                raise ValueError(f"RNNConfig: {f} must be an int >= 1, got {v!r}")
+        for f in ("d_mlp", "d_ff"):
+            v = getattr(self, f)
+            if v is not None and not _positive_int(v):
+                raise ValueError(f"RNNConfig: {f} must be None or an int >= 1, got {v!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"RNNConfig: score must be one of {SCORES}, got {self.score!r}")
+        if not isinstance(self.attention, (bool, np.bool_)):
+            raise ValueError(f"RNNConfig: attention must be a bool, got {self.attention!r}")
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP of (4.1a)'s hidden width: d_mlp, or d_hidden when None."""
+        return self.d_hidden if self.d_mlp is None else self.d_mlp
+
+    @property
+    def ff_width(self) -> int:
+        """The width of f in (4.1b): d_ff, or d_hidden when None."""
+        return self.d_hidden if self.d_ff is None else self.d_ff
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RNNConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"RNNConfig.from_dict: unknown fields {', '.join(unknown)}")
+        missing = [n for n in ("vocab_size", "max_len") if n not in d]
+        if missing:
+            raise ValueError(f"RNNConfig.from_dict: missing fields {', '.join(missing)}")
+        return cls(**d)
+
+
+class RNNState:
+    """The decoding state of ``AttentionRNN`` for B rows: the position t of the next token,
+    h = h_{t-1} (B, Dh), the embedded prefix x_0..x_{t-1} in x (B, max_len, De), and for the
+    "dot" score its key projections in kproj (B, max_len, A) (None otherwise)."""
+
+    def __init__(self, t, h, x, kproj):
+        self.t, self.h, self.x, self.kproj = t, h, x, kproj
+
+    batch_size = property(lambda self: self.h.shape[0])
+
+
 class AttentionRNN(Module):
     """The document's autoregressive attention RNN (equations 4.1a-c, 4.2a-b).
 
-    ``AttentionRNN(vocab_size, max_len, d_embed, d_hidden, d_attn, score="additive",
-    attention=True, seed=0, dtype=np.float32, d_mlp=None, d_ff=None)``
+    ``AttentionRNN(cfg: RNNConfig, seed=0, dtype=np.float32)``
 
-    ``max_len`` is the longest sequence (the number of position embeddings); ``d_mlp`` (the
-    hidden width of the MLP of 4.1a) and ``d_ff`` (the width of f in 4.1b) default to
-    ``d_hidden``. The same ``seed`` gives bitwise the same weights.
+    ``cfg.max_len`` is the longest sequence (the number of position embeddings);
+    ``cfg.d_mlp`` (the hidden width of the MLP of 4.1a) and ``cfg.d_ff`` (the width of f in
+    4.1b) default to ``d_hidden``. The same ``seed`` gives bitwise the same weights. The
+    sizes are also attributes (``model.d_hidden``, ...); ``model.config`` is the config.
 
     ``model(idx, targets=None) -> (logits (B, T, V), loss or None)``, the GPT convention;
     targets equal to -100 are left out of the mean cross-entropy.
     """
 
-    def __init__(self, vocab_size: int, max_len: int, d_embed: int = 64, d_hidden: int = 64,
-                 d_attn: int = 64, score: str = "additive", attention: bool = True,
-                 seed: int = 0, dtype=np.float32, d_mlp: int | None = None,
-                 d_ff: int | None = None):
+    def __init__(self, cfg: RNNConfig, seed: int = 0, dtype=np.float32):
         super().__init__()
-        if score not in SCORES:
-            raise ValueError(f"AttentionRNN: score must be one of {SCORES}, got {score!r}")
+        if not isinstance(cfg, RNNConfig):
+            raise TypeError(f"AttentionRNN: cfg must be an RNNConfig, got {type(cfg).__name__}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"AttentionRNN: dtype must be float32 or float64, got {dtype}")
-        d_mlp = d_hidden if d_mlp is None else d_mlp
-        d_ff = d_hidden if d_ff is None else d_ff
-        for name, v in (("vocab_size", vocab_size), ("max_len", max_len), ("d_embed", d_embed),
-                        ("d_hidden", d_hidden), ("d_attn", d_attn), ("d_mlp", d_mlp),
-                        ("d_ff", d_ff)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"AttentionRNN: {name} must be an int >= 1, got {v!r}")
+        self.config = cfg
+        vocab_size, max_len, score = cfg.vocab_size, cfg.max_len, cfg.score
+        d_mlp, d_ff = cfg.mlp_width, cfg.ff_width
         self.vocab_size, self.max_len = int(vocab_size), int(max_len)
-        self.d_embed, self.d_hidden, self.d_attn = int(d_embed), int(d_hidden), int(d_attn)
-        self.d_mlp, self.d_ff = int(d_mlp), int(d_ff)
-        self.score, self.attention, self.seed = score, bool(attention), seed
+        self.d_embed, self.d_hidden = int(cfg.d_embed), int(cfg.d_hidden)
+        self.d_attn, self.d_mlp, self.d_ff = int(cfg.d_attn), int(d_mlp), int(d_ff)
+        self.score, self.attention, self.seed = score, bool(cfg.attention), seed
         self.last_alpha = None
 
         rng = np.random.default_rng(seed)
@@ -237,40 +310,62 @@ class AttentionRNN(Module):
             self.forward(idx)
         return self.last_alpha
 
-    # ------------------------------------------------------------ one token at a time
-    def init_state(self, batch_size: int) -> dict:
-        """The recurrence's state before the first token: h_{-1} = 0 and no keys yet."""
-        B = int(batch_size)
-        return {"t": 0, "h": Tensor(np.zeros((B, self.d_hidden), self.dtype)),
-                "x": np.zeros((B, self.max_len, self.d_embed), self.dtype),
-                "kproj": (np.zeros((B, self.max_len, self.d_attn), self.dtype)
-                          if self.attention and self.score == "dot" else None)}
+    # ------------------------------------------------------------ the decoding protocol
+    def start(self, idx):
+        """Run the prompt idx int (B, T), 1 <= T <= max_len; returns ``(state, logits)``,
+        the logits (B, V) for the token after it. No graph is recorded."""
+        idx = self._check_idx(idx, "idx")
+        B = idx.shape[0]
+        x = np.zeros((B, self.max_len, self.d_embed), self.dtype)
+        kproj = (np.zeros((B, self.max_len, self.d_attn), self.dtype)
+                 if self.attention and self.score == "dot" else None)
+        state = RNNState(0, Tensor(np.zeros((B, self.d_hidden), self.dtype)), x, kproj)
+        return state, self._feed(state, idx)
 
-    def step(self, state: dict, tokens) -> np.ndarray:
-        """Feed one token per row (``tokens`` int (B,)) at position ``state["t"]``; returns
-        the logits for the next token (B, V) and advances ``state`` in place. No graph is
-        recorded. ``step`` over a sequence gives the logits of ``forward`` on it (to rounding)."""
-        t = state["t"]
-        if t >= self.max_len:
-            raise ShapeError(f"AttentionRNN.step: position {t} is past max_len={self.max_len}")
-        tokens = np.asarray(tokens)
-        B = state["h"].shape[0]
+    def step(self, state: RNNState, tokens) -> np.ndarray:
+        """Feed one token per row (``tokens`` int (B,)) at position ``state.t``; returns the
+        logits for the next token (B, V) and advances ``state`` in place. No graph is
+        recorded."""
+        if state.t >= self.max_len:
+            raise ShapeError(f"AttentionRNN.step: position {state.t} is past "
+                             f"max_len={self.max_len}")
+        tokens = np.asarray(tokens.data if isinstance(tokens, Tensor) else tokens)
+        B = state.batch_size
         if tokens.shape != (B,) or tokens.dtype.kind not in "iu":
             raise ShapeError(f"AttentionRNN.step: tokens must be an int array ({B},), got "
                              f"{tokens.dtype} {tokens.shape}")
-        tokens = tokens.reshape(B, 1)
+        return self._feed(state, tokens.reshape(B, 1))
+
+    def reorder(self, state: RNNState, index) -> None:
+        """Keep the rows ``index`` (B,) of the state, in that order (beam search)."""
+        index = np.asarray(index)
+        state.h = Tensor(state.h.data[index])
+        state.x = state.x[index]
+        if state.kproj is not None:
+            state.kproj = state.kproj[index]
+
+    def _feed(self, state: RNNState, idx: np.ndarray) -> np.ndarray:
+        """Advance the recurrence over idx (B, n) from position state.t; the logits (B, V)
+        after its last token. Each position: one attention over the keys x_0..x_t kept in
+        the state, one cell (4.1a); the readout (4.1b-c) only for the last h."""
+        t0, n = state.t, idx.shape[1]
+        if t0 + n > self.max_len:
+            raise ShapeError(f"AttentionRNN: {n} tokens from position {t0} run past "
+                             f"max_len={self.max_len}")
         with no_grad():
-            x_t = self._embed(tokens, start=t)                     # (B, 1, De)
-            state["x"][:, t] = x_t.data[:, 0]
-            c = None
-            if self.attention:
-                keys = Tensor(state["x"][:, :t + 1])
-                kp = None
-                if state["kproj"] is not None:
-                    state["kproj"][:, t] = self._keys(x_t).data[:, 0]
-                    kp = Tensor(state["kproj"][:, :t + 1])
-                c, _ = self._attend(state["h"], keys, kp)
-            h = self._cell(c, state["h"], x_t[:, 0])               # (4.1a)
-            logits = self._readout(h)                              # (4.1b), (4.1c)
-        state["h"], state["t"] = h, t + 1
+            x_new = self._embed(idx, start=t0)                     # (B, n, De)
+            state.x[:, t0:t0 + n] = x_new.data
+            if state.kproj is not None:
+                state.kproj[:, t0:t0 + n] = self._keys(x_new).data  # x_i W_k (B, n, A)
+            h = state.h
+            for j in range(n):
+                t = t0 + j
+                c = None
+                if self.attention:
+                    keys = Tensor(state.x[:, :t + 1])              # x_0..x_t (B, t+1, De)
+                    kp = None if state.kproj is None else Tensor(state.kproj[:, :t + 1])
+                    c, _ = self._attend(h, keys, kp)               # (4.2), O(t) per step
+                h = self._cell(c, h, x_new[:, j])                  # (4.1a)
+            logits = self._readout(h)                              # (4.1b), (4.1c) (B, V)
+        state.h, state.t = h, t0 + n
         return logits.data

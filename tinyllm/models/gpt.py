@@ -17,6 +17,9 @@ to rounding.
 Inference with a KV cache (``new_kv_cache``, ``prefill``, ``decode_step``) runs under
 ``tl.no_grad()`` and keeps each layer's keys and values in preallocated arrays
 (B, H, Lmax, hs), so each new token costs one position's work instead of T positions'.
+The decoding protocol that ``tl.infer`` drives (and AttentionRNN speaks too) is a thin layer
+over them: ``state, logits = model.start(idx)`` (a new cache, prefilled),
+``logits = model.step(state, tokens)`` (``decode_step``), ``model.reorder(state, index)``.
 
 Context longer than the model's window. ``wpe`` has ``block_size`` rows, so no position
 past ``block_size - 1`` exists. The forward pass refuses a longer ``idx`` (ShapeError);
@@ -150,8 +153,8 @@ class GPT(Module):
         t.wte = Embedding(cfg.vocab_size, cfg.n_embd, dtype, rng, std)
         t.wpe = Embedding(cfg.block_size, cfg.n_embd, dtype, rng, std)
         t.drop = Dropout(cfg.dropout, self.rng)
-        t.h = ModuleList(Block(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, dtype, rng,
-                               std, proj_std, self.rng) for _ in range(cfg.n_layer))
+        t.h = ModuleList(Block(cfg, rng, dtype, std=std, proj_std=proj_std,
+                               dropout_rng=self.rng) for _ in range(cfg.n_layer))
         t.ln_f = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
         self.transformer = t
 
@@ -275,35 +278,55 @@ class GPT(Module):
 
     def _decode_arrays(self, new: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         """One token per sequence through every block, on plain arrays: the same equations
-        as ``_trunk`` + ``_head`` for T = 1 (inference only: no dropout, no graph). Each
-        token is a few dozen small NumPy calls and one ``decode_attention`` kernel per layer;
-        through Tensors it was ~100 graph ops per token, which dominated decoding."""
+        as ``_trunk`` + ``_head`` for T = 1 (inference only: no dropout, no graph), by the
+        kernels' forwards: ``layernorm`` and ``mlp`` (their NumPy references: with B rows of
+        one token each, the Numba versions' parallel row loops cost more to launch than the
+        rows take, 3x slower decoding measured at B = 1, C = 128) and ``decode_attention``
+        (the current implementation) for the one query against the cache. Through Tensors it
+        was ~100 graph ops per token, which dominated decoding."""
         cfg, t = self.config, self.transformer
         B, C, H = new.shape[0], cfg.n_embd, cfg.n_head
+        norm = kernels.get("layernorm", "numpy").forward
+        mlp = kernels.get("mlp", "numpy").forward
         attend = kernels.get("decode_attention").forward
-        x = t.wte.weight.data[new] + t.wpe.weight.data[pos]          # (B, C)
+
+        def ln(x, layer):                                            # (B, C) -> (B, C)
+            return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
+
+        x = t.wte.weight.data[new] + t.wpe.weight.data[pos]          # (B, C), a new array
         for i, blk in enumerate(t.h):
-            a = blk.attn
-            qkv = _linear(_layer_norm(x, blk.ln_1), a.c_attn)        # (B, 3C)
+            a, f = blk.attn, blk.mlp
+            qkv = _linear(ln(x, blk.ln_1), a.c_attn)                 # (B, 3C)
             q = qkv[:, :C].reshape(B, H, 1, C // H)
             cache.k[i][:, :, pos] = qkv[:, C:2 * C].reshape(B, H, C // H)
             cache.v[i][:, :, pos] = qkv[:, 2 * C:].reshape(B, H, C // H)
             y, _ = attend(q, cache.k[i], cache.v[i], pos + 1)        # (B, H, 1, hs)
-            x = x + _linear(y.reshape(B, C), a.c_proj)
-            u = _linear(_layer_norm(x, blk.ln_2), blk.mlp.c_fc)      # (B, 4C)
-            x = x + _linear(_gelu(u), blk.mlp.c_proj)
-        x = _layer_norm(x, t.ln_f)
-        return x @ t.wte.weight.data.T                               # (B, V)
+            x += _linear(y.reshape(B, C), a.c_proj)                  # residual, in place
+            m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
+                       f.c_proj.weight.data, _data(f.c_proj.bias))   # (B, C)
+            x += m
+        return ln(x, t.ln_f) @ t.wte.weight.data.T                   # (B, V)
+
+    # ------------------------------------------------------------ decoding protocol
+    def start(self, idx):
+        """The decoding protocol's first call (``tl.infer`` drives it): a KV cache of
+        block_size positions for the prompt idx (B, T), prefilled. Returns ``(cache,
+        logits (B, V))`` for the token after the prompt."""
+        idx = self._check_idx(idx, "start")
+        cache = self.new_kv_cache(idx.shape[0])
+        return cache, self.prefill(idx, cache)
+
+    def step(self, state: KVCache, tokens) -> np.ndarray:
+        """One more token per sequence, tokens (B,): ``decode_step``; the logits (B, V)."""
+        return self.decode_step(tokens, state)
+
+    def reorder(self, state: KVCache, index) -> None:
+        """Keep the sequences ``index`` (B,) of the cache, in that order (beam search)."""
+        state.reorder(index)
 
 
-def _layer_norm(x: np.ndarray, ln) -> np.ndarray:
-    mu = x.mean(axis=-1, keepdims=True)
-    xc = x - mu
-    y = xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + x.dtype.type(ln.eps))
-    y *= ln.weight.data
-    if ln.bias is not None:
-        y += ln.bias.data
-    return y
+def _data(p):
+    return None if p is None else p.data
 
 
 def _linear(x: np.ndarray, lin) -> np.ndarray:
@@ -311,13 +334,6 @@ def _linear(x: np.ndarray, lin) -> np.ndarray:
     if lin.bias is not None:
         y += lin.bias.data
     return y
-
-
-def _gelu(u: np.ndarray) -> np.ndarray:
-    """tanh GELU, as the mlp kernel computes it: 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))."""
-    c = u.dtype.type(math.sqrt(2.0 / math.pi))
-    inner = np.tanh(c * (u + u.dtype.type(0.044715) * (u * u * u)))
-    return u.dtype.type(0.5) * u * (1 + inner)
 
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]

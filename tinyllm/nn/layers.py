@@ -4,6 +4,12 @@ CausalSelfAttention and Block, in the order nanoGPT's ``model.py`` builds them.
 Legend: B = batch, T = time, C = channels (n_embd), H = heads, hs = head size (C / H),
 Hd = MLP hidden width, V = vocabulary.
 
+The transformer layers (MLP, CausalSelfAttention, Block) take their sizes from a config:
+any object with ``n_embd``, ``n_head``, ``dropout`` and ``bias`` (``TransformerConfig``;
+``tl.models.GPTConfig`` is one), so a model passes its config down instead of a row of
+positional numbers: ``Block(cfg, rng, dtype)``. What is not a property of the architecture
+(the init scale ``std`` / ``proj_std``, the dropout Generator) is a keyword.
+
 Parameter names and layouts follow GPT-2's checkpoints: ``Linear.weight`` is (in, out), so
 ``y = x @ W + b`` with no transpose; attention's fused projection is ``c_attn`` (C -> 3C, in
 q, k, v order) and the output projections are ``c_proj``.
@@ -20,6 +26,8 @@ the residual branches (and on the embeddings, in GPT), as in nanoGPT's flash pat
 ``dropout_p``.
 """
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 
@@ -43,6 +51,23 @@ def _positive(op: str, **sizes) -> None:
     for name, n in sizes.items():
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{op}: {name} must be a positive int, got {n!r}")
+
+
+class TransformerConfig(Protocol):
+    """The fields the transformer layers read (``tl.models.GPTConfig`` has them all)."""
+    n_embd: int          # C: the residual-stream width
+    n_head: int          # H: attention heads; n_embd must be a multiple
+    dropout: float       # on the residual branches while training
+    bias: bool           # biases in Linear and LayerNorm
+
+
+def _dims(op: str, cfg, *names) -> tuple:
+    """The named fields of cfg, or a TypeError naming the op and the field it lacks."""
+    try:
+        return tuple(getattr(cfg, n) for n in names)
+    except AttributeError as e:
+        raise TypeError(f"{op}: cfg must be a config with {', '.join(names)} (a GPTConfig, "
+                        f"say), got {type(cfg).__name__} without {e.name!r}") from None
 
 
 def _normal(rng, shape, std, dtype) -> np.ndarray:
@@ -154,14 +179,17 @@ class MLP(Module):
 
         y = GELU_tanh(x @ c_fc.weight + c_fc.bias) @ c_proj.weight + c_proj.bias
 
+    ``MLP(cfg, rng=None, dtype=np.float32, *, hidden=None, std=None, proj_std=None,
+    dropout_rng=None)``: C = cfg.n_embd, dropout cfg.dropout, biases when cfg.bias.
     x (..., C) -> (..., C); hidden width Hd (default 4C). ``proj_std`` initialises
     ``c_proj.weight`` (GPT-2 scales it down by sqrt(2 n_layer)); dropout follows c_proj.
     """
 
-    def __init__(self, n_embd: int, hidden: int | None = None, dropout: float = 0.0,
-                 bias: bool = True, dtype=np.float32, rng=None, std: float | None = None,
+    def __init__(self, cfg: TransformerConfig, rng=None, dtype=np.float32, *,
+                 hidden: int | None = None, std: float | None = None,
                  proj_std: float | None = None, dropout_rng=None):
         super().__init__()
+        n_embd, dropout, bias = _dims("MLP", cfg, "n_embd", "dropout", "bias")
         hidden = 4 * n_embd if hidden is None else hidden
         _positive("MLP", n_embd=n_embd, hidden=hidden)
         rng = as_rng(rng)
@@ -190,12 +218,16 @@ class CausalSelfAttention(Module):
     - ``pos == 0`` (prefill): attention over x itself, the same fused kernel as training;
     - ``T == 1`` (decode): the one query against the ``pos + 1`` cached positions, with the
       ``decode_attention`` kernel.
+
+    ``CausalSelfAttention(cfg, rng=None, dtype=np.float32, *, std=None, proj_std=None,
+    dropout_rng=None)`` with C = cfg.n_embd, H = cfg.n_head.
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 dtype=np.float32, rng=None, std: float | None = None,
-                 proj_std: float | None = None, dropout_rng=None):
+    def __init__(self, cfg: TransformerConfig, rng=None, dtype=np.float32, *,
+                 std: float | None = None, proj_std: float | None = None, dropout_rng=None):
         super().__init__()
+        n_embd, n_head, dropout, bias = _dims("CausalSelfAttention", cfg, "n_embd", "n_head",
+                                              "dropout", "bias")
         _positive("CausalSelfAttention", n_embd=n_embd, n_head=n_head)
         if n_embd % n_head:
             raise ValueError(f"CausalSelfAttention: n_embd ({n_embd}) must be divisible by "
@@ -259,19 +291,21 @@ class CausalSelfAttention(Module):
 
 
 class Block(Module):
-    """A pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """A pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 dtype=np.float32, rng=None, std: float | None = None,
-                 proj_std: float | None = None, dropout_rng=None):
+    ``Block(cfg, rng=None, dtype=np.float32, *, std=None, proj_std=None, dropout_rng=None)``;
+    the MLP's hidden width is 4 cfg.n_embd."""
+
+    def __init__(self, cfg: TransformerConfig, rng=None, dtype=np.float32, *,
+                 std: float | None = None, proj_std: float | None = None, dropout_rng=None):
         super().__init__()
+        (n_embd, bias) = _dims("Block", cfg, "n_embd", "bias")
         rng = as_rng(rng)
+        init = dict(std=std, proj_std=proj_std, dropout_rng=dropout_rng)
         self.ln_1 = LayerNorm(n_embd, bias=bias, dtype=dtype)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, dtype, rng, std,
-                                        proj_std, dropout_rng)
+        self.attn = CausalSelfAttention(cfg, rng, dtype, **init)
         self.ln_2 = LayerNorm(n_embd, bias=bias, dtype=dtype)
-        self.mlp = MLP(n_embd, 4 * n_embd, dropout, bias, dtype, rng, std, proj_std,
-                       dropout_rng)
+        self.mlp = MLP(cfg, rng, dtype, hidden=4 * n_embd, **init)
 
     def forward(self, x: Tensor, kv=None) -> Tensor:
         x = x + self.attn(self.ln_1(x), kv)                    # (B, T, C)
@@ -279,4 +313,4 @@ class Block(Module):
 
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "MLP", "CausalSelfAttention",
-           "Block", "as_rng"]
+           "Block", "TransformerConfig", "as_rng"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data import (BPETokenizer, CharTokenizer, copy_task, encode_text, get_batch,
                     load_corpus, load_tokenizer, reversal_task, train_val_split)
-from ..models import GPT, AttentionRNN, GPTConfig
+from ..models import GPT, AttentionRNN, GPTConfig, RNNConfig
 from .checkpoint import load_checkpoint
 from .trainer import TrainConfig, Trainer
 
@@ -163,9 +163,10 @@ def build_model(kind: str, s: dict, vocab_size: int):
                                                    if k != "vocab_size"})
         return GPT(cfg, seed=s.get("seed", 0), dtype=dtype)
     task = _task(s)
-    return AttentionRNN(task.vocab_size, task.block_size, d_embed=s["d_embed"],
-                        d_hidden=s["d_hidden"], d_attn=s["d_attn"], score=s["score"],
-                        attention=s["attention"], seed=s.get("seed", 0), dtype=dtype)
+    cfg = RNNConfig(task.vocab_size, task.block_size, d_embed=s["d_embed"],
+                    d_hidden=s["d_hidden"], d_attn=s["d_attn"], score=s["score"],
+                    attention=s["attention"])
+    return AttentionRNN(cfg, seed=s.get("seed", 0), dtype=dtype)
 
 
 def load_model(path: str):

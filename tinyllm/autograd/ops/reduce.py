@@ -43,13 +43,19 @@ class Mean(Function):
 
 
 class Max(Function):
-    """Max over axes. Tied maxima share the gradient equally."""
+    """Max over axes. Tied maxima share the gradient equally.
+
+    An empty batch is fine as long as the reduced axes are not empty (NumPy's and PyTorch's
+    rule): shape (0, V) reduced over axis -1 gives the empty (0,). The max over an axis of
+    length 0 does not exist (it has no identity), so that raises ShapeError."""
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        if x.size == 0:
-            raise ShapeError(f"max: cannot reduce an empty tensor of shape {x.shape}")
         ctx.axes = normalize_axes("max", axis, x.ndim)
+        empty = [a for a in ctx.axes if x.shape[a] == 0]
+        if empty:
+            raise ShapeError(f"max: cannot reduce over axis {empty[0]} of shape {x.shape}: "
+                             f"it is empty, and the max of no elements is undefined")
         ctx.keepdims = keepdims
         out = np.max(x, axis=ctx.axes, keepdims=True)
         ctx.save_for_backward(x, out)

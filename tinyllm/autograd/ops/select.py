@@ -53,8 +53,19 @@ class MaskedFill(Function):
 
 
 def masked_fill(x, mask, value):
-    """x with the positions where mask is True set to value (they get no gradient)."""
+    """x with the positions where mask is True set to value (they get no gradient).
+
+    ``value`` is one Python or NumPy number (``-np.inf`` for attention masks); a Tensor or an
+    array is refused, since the filled positions would take no gradient from it."""
     mask = mask.data if isinstance(mask, Tensor) else mask
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiub":
+        value = value.item()                 # a 0-d array is a NumPy number too
+    if not isinstance(value, (int, float, np.number, np.bool_)):
+        what = ("a Tensor" if isinstance(value, Tensor) else
+                f"an array of shape {value.shape}" if isinstance(value, np.ndarray) else
+                f"{type(value).__name__} {value!r}")
+        raise TypeError(f"masked_fill: value must be a Python or NumPy number (e.g. -inf or "
+                        f"0.0), got {what}; to fill from a tensor, use where(mask, other, x)")
     return MaskedFill.apply(x, mask, float(value))
 
 
