@@ -20,7 +20,6 @@ call, and the registry falls back to the NumPy references.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -33,13 +32,6 @@ except ImportError:                                   # pragma: no cover - numba
     numba = None
     HAVE_NUMBA = False
     prange = range
-
-# Numba kernels run beside NumPy's BLAS. With the omp layer, idle OpenMP workers spin and
-# steal the two cores from BLAS calls that come between kernels (the MLP measured ~10% slower);
-# workqueue does not spin. A user's own NUMBA_THREADING_LAYER wins.
-if HAVE_NUMBA and "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-
 
 def njit(*args, **kwargs):
     """``numba.njit`` with ``cache=True`` and ``error_model="numpy"`` by default
