@@ -61,6 +61,12 @@ def numba_layer_in_effect() -> str | None:
         return str(numba.config.THREADING_LAYER)
 
 
+def numba_threads() -> int:
+    """Threads Numba's parallel loops use now (1 without Numba)."""
+    numba = _numba()
+    return 1 if numba is None else int(numba.get_num_threads())
+
+
 def set_numba_layer(layer: str | None = DEFAULT_NUMBA_LAYER) -> str | None:
     """Choose Numba's threading layer unless ``NUMBA_THREADING_LAYER`` is set or ``layer`` is
     None. Effective only before Numba's first parallel call; returns the layer in effect."""
@@ -159,5 +165,5 @@ def configure(threads: int | None = None, numba_layer: str | None = DEFAULT_NUMB
 
 _keep_freed_memory = keep_freed_memory
 
-__all__ = ["configure", "set_numba_layer", "numba_layer_in_effect", "Pinned",
+__all__ = ["configure", "set_numba_layer", "numba_layer_in_effect", "numba_threads", "Pinned",
            "pinned_threads", "keep_freed_memory", "DEFAULT_NUMBA_LAYER"]

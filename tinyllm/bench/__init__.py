@@ -152,6 +152,7 @@ def run(quick: bool = False, only=None, json_path: str | None = None,
         torch: bool = True, torch_inprocess: bool = False, log=_stderr, out=print,
         command: str | None = None) -> dict:
     """Run the benchmark (see the module docstring); returns the JSON dict."""
+    from .. import runtime
     from . import machine, report
     from .ceilings import combine, measure_ceilings
     from .e2e import apply_ceilings as e2e_apply
@@ -177,7 +178,8 @@ def run(quick: bool = False, only=None, json_path: str | None = None,
         load_start = None
     ticks = machine.cpu_ticks()
     phases = {}
-    pinned = machine.pin_threads(threads)
+    runtime.configure()                  # Numba's threading layer, before any kernel runs
+    pinned = runtime.Pinned(threads)
     try:
         info = machine.describe(threads)
         log(f"tinyllm bench ({'quick' if quick else 'full'}), {threads} threads: ceilings ...")

@@ -42,8 +42,8 @@ def vocab_size() -> int:
 
 def child(spec: dict) -> dict:
     """tinyllm's side of one configuration (runs in the child process)."""
-    from .machine import pin_threads
-    pin_threads(int(spec["threads"]))
+    from .. import runtime
+    runtime.configure(threads=int(spec["threads"]))    # a process of its own: pinned for good
     from .. import generate, kernels, optim
     from ..models import GPT, GPTConfig
     m, V = spec["model"], spec["vocab_size"]

@@ -1,8 +1,8 @@
 """The machine a benchmark ran on, and the thread counts it ran with.
 
-``pin_threads(n)`` fixes every pool this process has: NumPy's (and SciPy's) BLAS through
-threadpoolctl, and Numba's parallel loops; ``child_env(n)`` gives child processes (the torch
-peer, the end-to-end runs) the same count before they import anything. ``describe()`` is the
+Pinning this process's pools (NumPy's and SciPy's BLAS through threadpoolctl, Numba's
+parallel loops) is ``tinyllm.runtime.Pinned(n)``; ``child_env(n)`` gives child processes (the
+torch peer, the end-to-end runs) the same count before they import anything. ``describe()`` is the
 JSON ``machine`` block: CPU, cores, library versions, thread counts and pools, GPU.
 """
 from __future__ import annotations
@@ -94,33 +94,6 @@ def gpu() -> str | None:
     except Exception:  # noqa: BLE001  (no CuPy, no driver, no device: all mean no GPU)
         return None
     return None
-
-
-class Pinned:
-    """BLAS and Numba limited to ``n`` threads until ``restore()``."""
-
-    def __init__(self, n: int):
-        import scipy.linalg  # noqa: F401  (load SciPy's BLAS, which Numba's np.dot calls)
-        from threadpoolctl import threadpool_limits
-        self.n = n
-        self._limits = threadpool_limits(limits=n)
-        self._numba = None
-        try:
-            import numba
-            self._numba = numba.get_num_threads()
-            numba.set_num_threads(n)
-        except ImportError:                     # pragma: no cover - numba is a dependency
-            pass
-
-    def restore(self) -> None:
-        self._limits.restore_original_limits()
-        if self._numba is not None:
-            import numba
-            numba.set_num_threads(self._numba)
-
-
-def pin_threads(n: int) -> Pinned:
-    return Pinned(n)
 
 
 def child_env(n: int) -> dict:
