@@ -105,6 +105,27 @@ def child_env(n: int) -> dict:
     return env
 
 
+def run_json_child(argv: list, spec: dict, threads: int, timeout: float, who: str,
+                   error=RuntimeError) -> dict:
+    """Run ``argv + [json.dumps(spec)]`` as a child process with ``child_env(threads)`` and
+    return the JSON object on the last line of its stdout. A timeout, a failure or no JSON
+    raises ``error`` naming ``who`` ("the torch peer") with the child's last line of stderr."""
+    import json
+    import subprocess
+    try:
+        r = subprocess.run(list(argv) + [json.dumps(spec)], capture_output=True, text=True,
+                           timeout=timeout, env=child_env(threads))
+    except subprocess.TimeoutExpired:
+        raise error(f"{who} did not finish within {timeout:.0f} s") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise error(f"{who} exited with {r.returncode}: {last}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise error(f"{who} printed no JSON") from None
+
+
 def thread_info() -> dict:
     """Thread counts as this process sees them now."""
     out = {}
