@@ -99,8 +99,8 @@ def _demo_rnn(p, b, out, log, summary):
             f"({len(held)} sequences never seen in training)")
         summary[key] = {"exact_match": em, "steps": r.steps, "seconds": r.seconds}
         if attn:
-            p = attention_heatmap(trainer.model, task, os.path.join(out, "attention.png"))
-            log(f"      attention heatmap -> {p}")
+            png = attention_heatmap(trainer.model, task, os.path.join(out, "attention.png"))
+            log(f"      attention heatmap -> {png}")
 
 
 def _demo_gpt(b, out, log, summary):
