@@ -15,6 +15,7 @@ Bad input prints one line and exits 2; a runtime failure prints one line and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import warnings
@@ -47,24 +48,15 @@ def _rng(seed, name, k=0):
     return np.random.default_rng([seed, zlib.crc32(name.encode()), k])
 
 
-class _quiet_probes:
+@contextlib.contextmanager
+def _quiet_probes():
     """NumPy's floating-point warnings off inside the block. Finite differences at a bad eps,
     and the ops' deliberate overflow probes (logits of 1e4 and the like), warn a lot; the
     gradient-check commands report those numbers themselves. Only those commands use this:
     training keeps every warning."""
-
-    def __enter__(self):
-        self._err = np.errstate(all="ignore")
-        self._err.__enter__()
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
+    with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return self
-
-    def __exit__(self, *exc):
-        self._warn.__exit__(*exc)
-        self._err.__exit__(*exc)
-        return False
+        yield
 
 
 def cmd_gradcheck(args) -> int:
