@@ -1,5 +1,6 @@
 """`tinyllm train`, `generate` and `demo` on tiny settings: files, resume, and bad input as
-one line with the right exit status (2 = usage, 1 = runtime), never a traceback."""
+one line with the right exit status (2 = usage, 1 = runtime), never a traceback; presets as
+dataclasses, their overrides and what a resume may change."""
 import json
 import os
 import subprocess
@@ -7,7 +8,11 @@ import sys
 
 import pytest
 
+import tinyllm as tl
 from tinyllm import cli
+from tinyllm.train import runs
+from tinyllm.train.runs import (GPT_PRESETS, RNN_PRESETS, Preset, SettingsError, make_preset,
+                                resume_preset)
 
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness. ") * 40
@@ -136,3 +141,132 @@ def test_demo_quick(tmp_path, capsys):
     assert "held-out exact match" in out and "unigram baseline" in out
     for f in ("attention.png", "loss_curves.png", "gpt/loss.png", "rnn_attention/last"):
         assert os.path.exists(tmp_path / "demo" / f), f
+
+
+# ------------------------------------------------------------------ presets as data
+
+# the settings of each kind of run, as `tinyllm train` has always named them
+GPT_SETTINGS = {"n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "batch_size",
+                "tokenizer", "bpe_vocab", "dtype"}
+RNN_SETTINGS = {"task", "n_symbols", "min_len", "max_len", "d_embed", "d_hidden", "d_attn",
+                "score", "attention", "batch_size", "n_train", "dtype"}
+TRAIN_SETTINGS = {"max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1",
+                  "beta2", "grad_clip", "eval_every", "eval_batches", "patience", "seed",
+                  "log_every", "time_limit", "stop_at", "progress"}
+RESUMABLE = ["max_steps", "eval_every", "eval_batches", "patience", "log_every",
+             "time_limit", "stop_at", "progress"]
+
+
+def test_presets_are_three_dataclasses_with_the_usual_settings():
+    assert set(Preset.setting_fields("gpt")) == GPT_SETTINGS | TRAIN_SETTINGS
+    assert set(Preset.setting_fields("rnn")) == RNN_SETTINGS | TRAIN_SETTINGS
+    for kind, table in (("gpt", GPT_PRESETS), ("rnn", RNN_PRESETS)):
+        for name, p in table.items():
+            assert p.kind == kind and isinstance(p.train, tl.train.TrainConfig)
+            assert Preset.from_settings(kind, p.settings()) == p, name
+            assert make_preset(kind, name) == p
+    small = GPT_PRESETS["small"]
+    assert (small.model.n_layer, small.model.n_head, small.model.n_embd,
+            small.model.block_size, small.data.batch_size) == (4, 4, 128, 128, 16)
+    assert (small.train.max_steps, small.train.lr, small.train.min_lr) == (2000, 2e-3, 2e-4)
+    rev = RNN_PRESETS["reversal-long"]
+    assert (rev.data.min_len, rev.data.max_len, rev.model.d_hidden, rev.train.beta2,
+            rev.train.eval_every) == (10, 20, 128, 0.999, 500)
+
+
+def test_model_parts_follow_the_model_configs():
+    from dataclasses import fields
+    names = [f.name for f in fields(tl.models.GPTConfig)]
+    assert [f.name for f in fields(runs.GPTModel)] == [n for n in names if n != "vocab_size"]
+    rnn = [f.name for f in fields(runs.RNNConfig)]
+    assert rnn == ["vocab_size", "max_len", "d_embed", "d_hidden", "d_attn", "score",
+                   "attention", "d_mlp", "d_ff"]                 # COMMON interface 2
+    assert {f.name for f in fields(runs.RNNModel)} < set(rnn)
+    cfg = GPT_PRESETS["tiny"].model.config(50)
+    assert cfg == tl.models.GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2,
+                                      n_embd=32)
+
+
+def test_overrides_are_parsed_by_the_field_types():
+    p = make_preset("gpt", "tiny", ["--bias=false", "--n_layer=3", "--lr=1e-2",
+                                    "--min-lr=1e-4", "--tokenizer=bpe", "--progress=0"])
+    assert p.model.bias is False and p.model.n_layer == 3 and p.train.progress is False
+    assert p.train.lr == 1e-2 and p.train.min_lr == 1e-4 and p.data.tokenizer == "bpe"
+    assert make_preset("gpt", "tiny", {"n_embd": 64}).model.n_embd == 64
+    for bad, msg in ((["--n_layer=2.5"], "n_layer='2.5': expected int"),
+                     (["--bias=maybe"], "bias='maybe': expected true/false"),
+                     (["--min_lr=low"], "min_lr='low': expected float"),
+                     (["--colour=red"], "unknown setting 'colour'; settings are batch_size"),
+                     (["--tokenizer=word"], "tokenizer must be char or bpe"),
+                     (["--bpe_vocab=100", "--tokenizer=bpe"], "bpe_vocab must be >= 256"),
+                     (["--dtype=float16"], "dtype must be float32 or float64"),
+                     (["--batch_size=0"], "batch_size must be >= 1"),
+                     (["--n_head=3"], "divisible"),
+                     (["--eval_every=0"], "eval_every must be a positive integer")):
+        with pytest.raises(SettingsError, match=msg.replace("(", r"\(")):
+            make_preset("gpt", "tiny", bad)
+    with pytest.raises(SettingsError, match="task must be reversal or copy"):
+        make_preset("rnn", "copy", ["--task=sort"])
+    with pytest.raises(SettingsError, match="unknown --config 'huge'"):
+        make_preset("gpt", "huge")
+
+
+def test_what_a_resume_may_change_is_declared_on_the_fields():
+    assert Preset.resumable_names("gpt") == RESUMABLE == Preset.resumable_names("rnn")
+    assert tl.train.TrainConfig.resumable_names() == RESUMABLE
+    saved = GPT_PRESETS["tiny"].settings()
+    asked = make_preset("gpt", "small", ["--max_steps=7"])
+    # not named explicitly, no --config: the checkpoint's model and data win silently
+    p = resume_preset(asked, saved, explicit={"max_steps"})
+    assert p.model == GPT_PRESETS["tiny"].model and p.data == GPT_PRESETS["tiny"].data
+    assert p.train.max_steps == 7 and p.train.lr == GPT_PRESETS["tiny"].train.lr
+    with pytest.raises(SettingsError, match="^n_embd differ from the checkpoint's"):
+        resume_preset(asked, saved, explicit={"n_embd"})
+    with pytest.raises(SettingsError, match="^block_size, n_layer, n_head, n_embd, lr, min_lr, "
+                                            "warmup_steps, batch_size, bpe_vocab differ"):
+        resume_preset(asked, saved, strict=True)
+    # a setting an older checkpoint lacks takes the value asked for
+    older = {k: v for k, v in saved.items() if k != "beta1"}
+    assert resume_preset(make_preset("gpt", "tiny", ["--beta1=0.8"]), older,
+                         {"beta1"}).train.beta1 == 0.8
+    with pytest.raises(SettingsError, match="unknown settings colour"):
+        Preset.from_settings("gpt", dict(saved, colour="red"))
+
+
+def test_a_checkpoint_of_the_flat_settings_era_still_loads(run_dir, tmp_path, capsys):
+    """Checkpoints written before presets were dataclasses store only the preset's keys,
+    seed, patience and the overrides: generate and resume must still work from them."""
+    import shutil
+    d, data, out = run_dir
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for ck in ("last", "best"):
+        path = old / ck / "meta.json"
+        meta = json.loads(path.read_text())
+        keep = (GPT_SETTINGS | {"max_steps", "lr", "min_lr", "warmup_steps", "weight_decay",
+                                "beta2", "eval_every", "eval_batches", "grad_clip", "seed",
+                                "patience", "progress", "log_every"})
+        meta["settings"] = {k: v for k, v in meta["settings"].items() if k in keep}
+        path.write_text(json.dumps(meta, indent=1))
+    capsys.readouterr()
+    assert cli.main(["generate", "--checkpoint", str(old), "--prompt", "it was",
+                     "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("it was")
+    assert cli.main(["train", "--model", "gpt", "--config", "tiny", "--data", str(data),
+                     "--out", str(old), "--resume", "--max_steps=11"] + TINY) == 0
+    assert "resuming from step" in capsys.readouterr().out
+
+
+def test_bench_configs_are_the_presets():
+    from tinyllm.bench.specs import ModelSpec, model_specs
+    for quick in (True, False):
+        a, b = model_specs(quick)
+        for spec, name in ((a, "small"), (b, "medium")):
+            p = GPT_PRESETS[name]
+            assert (spec.n_layer, spec.n_head, spec.n_embd, spec.block_size,
+                    spec.batch_size) == (p.model.n_layer, p.model.n_head, p.model.n_embd,
+                                         p.model.block_size, p.data.batch_size)
+    assert model_specs(False) == [ModelSpec("A", 4, 4, 128, 128, 16),
+                                  ModelSpec("B", 6, 6, 384, 256, 8, train_steps=8)]
+    assert model_specs(True)[1] == ModelSpec("B", 6, 6, 384, 256, 8, train_steps=1,
+                                             warm_steps=1, new_tokens=12, gen_repeats=1)

@@ -2,15 +2,11 @@
 the softmax "sum trap"), the Taylor-remainder test and the eps sweep."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import tinyllm as tl  # noqa: E402
-from _functions import Cube, WrongCube  # noqa: E402
+import tinyllm as tl
+from _functions import Cube, WrongCube
 
 F = tl.functional
 
@@ -321,6 +317,12 @@ def test_eps_sweep_plot_returns_figure(sweep):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     labels = [line.get_label() for line in ax.get_lines()]
     assert "float32" in labels and "float64" in labels
+
+
+def test_eps_sweep_plot_saves_a_png(sweep, tmp_path):
+    path = tmp_path / "sweep.png"
+    sweep.plot().savefig(path)                  # a bare Figure: no pyplot, no backend
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_tuple_outputs_sharing_a_graph():

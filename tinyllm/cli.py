@@ -15,12 +15,15 @@ Bad input prints one line and exits 2; a runtime failure prints one line and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import warnings
 import zlib
 
 import numpy as np
+
+from . import runtime
 
 
 class UsageError(Exception):
@@ -45,7 +48,23 @@ def _rng(seed, name, k=0):
     return np.random.default_rng([seed, zlib.crc32(name.encode()), k])
 
 
+@contextlib.contextmanager
+def _quiet_probes():
+    """NumPy's floating-point warnings off inside the block. Finite differences at a bad eps,
+    and the ops' deliberate overflow probes (logits of 1e4 and the like), warn a lot; the
+    gradient-check commands report those numbers themselves. Only those commands use this:
+    training keeps every warning."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def cmd_gradcheck(args) -> int:
+    with _quiet_probes():
+        return _gradcheck(args)
+
+
+def _gradcheck(args) -> int:
     from .autograd.gradcheck import check_gradients
     from .autograd.tensor import Tensor, no_grad
     rows, failed = [], 0
@@ -80,7 +99,8 @@ def cmd_eps_sweep(args) -> int:
     from .autograd.lab import eps_sweep
     (op,) = _op_names(args)
     s = op.sample(_rng(args.seed, op.name))
-    sweep = eps_sweep(s.fn, s.inputs, seed=args.seed)
+    with _quiet_probes():
+        sweep = eps_sweep(s.fn, s.inputs, seed=args.seed)
     print(f"eps sweep for {op.name} ({s.shapes}): relative error of the central difference")
     print(sweep.table())
     if args.plot:
@@ -97,7 +117,8 @@ def cmd_taylor(args) -> int:
     ok = True
     for op in _op_names(args):
         s = op.sample(_rng(args.seed, op.name))
-        res = taylor_test(s.fn, s.inputs, seed=args.seed, full=True)
+        with _quiet_probes():
+            res = taylor_test(s.fn, s.inputs, seed=args.seed, full=True)
         good = res.slope > 1.8
         ok &= good
         print(f"{op.name:<14} slope {res.slope:6.3f}  {'ok' if good else 'WRONG GRADIENT?'}")
@@ -106,9 +127,8 @@ def cmd_taylor(args) -> int:
 
 def cmd_demo(args) -> int:
     from .train.demo import demo
-    from .train.runs import keep_freed_memory
     _writable_dir(args.out, "--out")
-    keep_freed_memory()
+    runtime.configure(keep_freed_memory=True)
     budget = {}
     if args.quick:                      # a smoke run: seconds, not minutes
         budget = {"rnn_steps": 60, "rnn": 6.0, "rnn_plain": 4.0, "gpt": 10.0}
@@ -133,16 +153,16 @@ def cmd_train(args) -> int:
 
     from .data import load_corpus
     from .train.checkpoint import CheckpointError, load_checkpoint
-    from .train.runs import SettingsError, gpt_trainer, make_settings, rnn_trainer
-    from .train.runs import keep_freed_memory, unigram_baseline
+    from .train.runs import SettingsError, gpt_trainer, make_preset, resume_preset
+    from .train.runs import rnn_trainer, unigram_baseline
     _writable_dir(args.out, "--out")
-    keep_freed_memory()
+    runtime.configure(keep_freed_memory=True)
     if args.model == "rnn" and args.data:
         raise UsageError("--data is for --model gpt; the RNN trains on a synthetic task "
                          "(choose it with --config reversal|reversal-long|copy)")
     preset = args.config or ("small" if args.model == "gpt" else "reversal")
     try:
-        s = make_settings(args.model, preset, args.settings)
+        p = make_preset(args.model, preset, args.settings)
     except SettingsError as e:
         raise UsageError(str(e)) from None
     if args.data:
@@ -155,29 +175,25 @@ def cmd_train(args) -> int:
             _, _, meta = load_checkpoint(args.out)
         except CheckpointError as e:
             raise RuntimeError(f"--resume: {e}") from None
-        saved = meta.get("settings", {})
         if meta.get("model", {}).get("type") != args.model:
             raise UsageError(f"--resume: {args.out} holds a {meta.get('model', {}).get('type')}"
                              f" run, not --model {args.model}")
-        changed = [k for k in saved if k in s and s[k] != saved[k]
-                   and k not in ("max_steps", "time_limit", "stop_at", "eval_every",
-                                 "eval_batches", "patience", "log_every", "progress")]
         explicit = {kv.split("=", 1)[0].lstrip("-").replace("-", "_") for kv in args.settings}
-        bad = [k for k in changed if k in explicit or args.config]
-        if bad:
-            raise UsageError(f"--resume: {', '.join(bad)} differ from the checkpoint's; a "
-                             f"resumed run keeps its model and data settings")
-        s = dict(saved, **{k: s[k] for k in s if k not in saved or k not in changed})
+        try:        # which settings a resume may change: the fields declared resumable
+            p = resume_preset(p, meta.get("settings", {}), explicit, strict=bool(args.config))
+        except SettingsError as e:
+            raise UsageError(f"--resume: {e}") from None
+    s = p.settings()
     if args.model == "gpt":
         try:
-            trainer, tok, train, val = gpt_trainer(s, args.data, args.out, resume=args.resume)
+            trainer, tok, train, val = gpt_trainer(p, args.data, args.out, resume=args.resume)
         except SettingsError as e:
             raise UsageError(str(e)) from None
         print(f"GPT {s['n_layer']}L/{s['n_head']}H/{s['n_embd']} block {s['block_size']}, "
               f"{trainer.model.num_parameters():,} parameters, vocab {tok.vocab_size}; "
               f"unigram baseline {unigram_baseline(train, val, tok.vocab_size):.3f} nats/token")
     else:
-        trainer, task, held = rnn_trainer(s, args.out, resume=args.resume)
+        trainer, task, held = rnn_trainer(p, args.out, resume=args.resume)
         print(f"AttentionRNN ({'additive' if s['attention'] else 'no'} attention) on "
               f"{s['task']} lengths {s['min_len']}-{s['max_len']}, "
               f"{trainer.model.num_parameters():,} parameters")
@@ -358,9 +374,8 @@ def main(argv=None) -> int:
         if args.command == "eps-sweep" and len(args.op) != 1:
             raise UsageError("eps-sweep takes exactly one --op")
         _validate(args)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")       # finite differences at a bad eps warn a lot
-            return args.run(args)
+        runtime.configure()          # Numba's threading layer, before the first kernel runs
+        return args.run(args)
     except UsageError as e:
         print(f"tinyllm: error: {e}", file=sys.stderr)
         return 2

@@ -53,7 +53,9 @@ class EpsSweep:
         return "\n".join(lines)
 
     def plot(self):
-        """A log-log Figure of error against eps, one line per dtype (Agg backend)."""
+        """A log-log Figure of error against eps, one line per dtype. A plain
+        ``matplotlib.figure.Figure`` (no pyplot state, the backend left as it is): save it
+        with ``fig.savefig(path)``, or show it as the last value of a notebook cell."""
         from matplotlib.figure import Figure
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()

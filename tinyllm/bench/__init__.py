@@ -7,7 +7,8 @@ limits and against PyTorch.
 
 What a run does, in order:
 
-1. pins the thread count (default: every core) of NumPy's BLAS (threadpoolctl), Numba and
+1. applies the process-wide settings (``tinyllm.runtime``: Numba's threading layer) and
+   pins the thread count (default: every core) of NumPy's BLAS (threadpoolctl), Numba and
    torch (its own process gets the same count), and records it with the CPU and versions;
 2. measures the ceilings: copy bandwidth (GB/s) and sgemm / dgemm (GFLOP/s) (``ceilings``),
    at the start and again at the end (the higher counts; a drift over 10% gets a note);
@@ -16,9 +17,10 @@ What a run does, in order:
    ("fwd", "fwd+bwd"), after a warm-up, as the median with min and max over repeats
    (``kernels``); torch runs in a separate process (``torch_peer``) so that its thread
    pool and Numba's do not share the two cores;
-4. end to end, for config A (4L/4H/128, block 128, batch 16) and config B (6L/6H/384,
-   block 256, batch 8): GPT training tokens/s and peak memory, and greedy generation
-   tokens/s with and without the KV cache, each beside the same model in torch (``e2e``);
+4. end to end, for config A (4L/4H/128, block 128, batch 16: the ``small`` training
+   preset) and config B (6L/6H/384, block 256, batch 8: the ``medium`` one): GPT
+   training tokens/s and peak memory, and greedy generation tokens/s with and without the
+   KV cache, each beside the same model in torch (``e2e``);
 5. prints a table, writes the JSON and the plots (``report``).
 
 ``--quick`` shrinks every sweep to two small sizes and the end-to-end runs to a few steps
@@ -152,6 +154,7 @@ def run(quick: bool = False, only=None, json_path: str | None = None,
         torch: bool = True, torch_inprocess: bool = False, log=_stderr, out=print,
         command: str | None = None) -> dict:
     """Run the benchmark (see the module docstring); returns the JSON dict."""
+    from .. import runtime
     from . import machine, report
     from .ceilings import combine, measure_ceilings
     from .e2e import apply_ceilings as e2e_apply
@@ -174,7 +177,8 @@ def run(quick: bool = False, only=None, json_path: str | None = None,
         load_start = None
     ticks = machine.cpu_ticks()
     phases = {}
-    pinned = machine.pin_threads(threads)
+    runtime.configure()                  # Numba's threading layer, before any kernel runs
+    pinned = runtime.Pinned(threads)
     try:
         info = machine.describe(threads)
         log(f"tinyllm bench ({'quick' if quick else 'full'}), {threads} threads: ceilings ...")

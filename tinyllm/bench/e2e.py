@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 
 import numpy as np
 
 from .kernels import PeerError, run_peer
-from .machine import child_env, thread_info
+from .machine import run_json_child, thread_info
 from .torch_peer import measure, reset_peak_rss, rss_mb, summarize
 
 
@@ -42,8 +41,8 @@ def vocab_size() -> int:
 
 def child(spec: dict) -> dict:
     """tinyllm's side of one configuration (runs in the child process)."""
-    from .machine import pin_threads
-    pin_threads(int(spec["threads"]))
+    from .. import runtime
+    runtime.configure(threads=int(spec["threads"]))    # a process of its own: pinned for good
     from .. import generate, kernels, optim
     from ..models import GPT, GPTConfig
     m, V = spec["model"], spec["vocab_size"]
@@ -94,19 +93,8 @@ def child(spec: dict) -> dict:
 
 
 def _run_child(spec: dict, threads: int, timeout: float) -> dict:
-    try:
-        r = subprocess.run([sys.executable, "-m", "tinyllm.bench.e2e", json.dumps(spec)],
-                           capture_output=True, text=True, timeout=timeout,
-                           env=child_env(threads))
-    except subprocess.TimeoutExpired:
-        raise PeerError(f"the tinyllm child did not finish within {timeout:.0f} s") from None
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PeerError(f"the tinyllm child exited with {r.returncode}: {last}")
-    try:
-        return json.loads(r.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise PeerError("the tinyllm child printed no JSON") from None
+    return run_json_child([sys.executable, "-m", "tinyllm.bench.e2e"], spec, threads, timeout,
+                          "the tinyllm child", PeerError)
 
 
 def _entry(ms, impl: str, V: int, res: dict) -> dict:

@@ -1,8 +1,8 @@
 """The machine a benchmark ran on, and the thread counts it ran with.
 
-``pin_threads(n)`` fixes every pool this process has: NumPy's (and SciPy's) BLAS through
-threadpoolctl, and Numba's parallel loops; ``child_env(n)`` gives child processes (the torch
-peer, the end-to-end runs) the same count before they import anything. ``describe()`` is the
+Pinning this process's pools (NumPy's and SciPy's BLAS through threadpoolctl, Numba's
+parallel loops) is ``tinyllm.runtime.Pinned(n)``; ``child_env(n)`` gives child processes (the
+torch peer, the end-to-end runs) the same count before they import anything. ``describe()`` is the
 JSON ``machine`` block: CPU, cores, library versions, thread counts and pools, GPU.
 """
 from __future__ import annotations
@@ -96,33 +96,6 @@ def gpu() -> str | None:
     return None
 
 
-class Pinned:
-    """BLAS and Numba limited to ``n`` threads until ``restore()``."""
-
-    def __init__(self, n: int):
-        import scipy.linalg  # noqa: F401  (load SciPy's BLAS, which Numba's np.dot calls)
-        from threadpoolctl import threadpool_limits
-        self.n = n
-        self._limits = threadpool_limits(limits=n)
-        self._numba = None
-        try:
-            import numba
-            self._numba = numba.get_num_threads()
-            numba.set_num_threads(n)
-        except ImportError:                     # pragma: no cover - numba is a dependency
-            pass
-
-    def restore(self) -> None:
-        self._limits.restore_original_limits()
-        if self._numba is not None:
-            import numba
-            numba.set_num_threads(self._numba)
-
-
-def pin_threads(n: int) -> Pinned:
-    return Pinned(n)
-
-
 def child_env(n: int) -> dict:
     """os.environ with every thread-count variable set to ``n`` (for a child process)."""
     env = dict(os.environ)
@@ -130,6 +103,27 @@ def child_env(n: int) -> dict:
         env[k] = str(n)
     env["NUMBA_NUM_THREADS"] = str(max(n, 1))
     return env
+
+
+def run_json_child(argv: list, spec: dict, threads: int, timeout: float, who: str,
+                   error=RuntimeError) -> dict:
+    """Run ``argv + [json.dumps(spec)]`` as a child process with ``child_env(threads)`` and
+    return the JSON object on the last line of its stdout. A timeout, a failure or no JSON
+    raises ``error`` naming ``who`` ("the torch peer") with the child's last line of stderr."""
+    import json
+    import subprocess
+    try:
+        r = subprocess.run(list(argv) + [json.dumps(spec)], capture_output=True, text=True,
+                           timeout=timeout, env=child_env(threads))
+    except subprocess.TimeoutExpired:
+        raise error(f"{who} did not finish within {timeout:.0f} s") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise error(f"{who} exited with {r.returncode}: {last}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise error(f"{who} printed no JSON") from None
 
 
 def thread_info() -> dict:

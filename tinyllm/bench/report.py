@@ -9,6 +9,9 @@ the JSON file, the two PNG plots and the Markdown of ``benchmarks/RESULTS.md``.
   intensity (FLOPs / byte) and achieved GFLOP/s, under the roofs min(GEMM rate,
   intensity x copy bandwidth) measured on this machine.
 - ``markdown(result)``: the body of ``benchmarks/RESULTS.md``.
+
+The plots are drawn on ``matplotlib.figure.Figure`` objects (no pyplot state, matplotlib's
+backend left as it is).
 """
 from __future__ import annotations
 
@@ -145,13 +148,6 @@ def write_json(result, path: str) -> None:
         raise
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _compact(v) -> str:
     for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if v >= div:
@@ -160,7 +156,7 @@ def _compact(v) -> str:
 
 
 def plot_times(result, path: str) -> str:
-    plt = _plt()
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter, NullLocator
     rows = result["kernels"]
@@ -170,7 +166,8 @@ def plot_times(result, path: str) -> str:
             fams.append(r["name"])
     ncol = min(4, max(1, len(fams)))
     nrow = max(1, math.ceil(len(fams) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow + 0.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * ncol, 3.3 * nrow + 0.6))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     impls = [i for i in IMPL_ORDER if any(r["impl"] == i for r in rows)]
     for ax, fam in zip(axes.flat, fams):
         mine = [r for r in rows if r["name"] == fam]
@@ -210,15 +207,16 @@ def plot_times(result, path: str) -> str:
                  f"({result['machine']['cpu']}, {th} threads)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_roofline(result, path: str) -> str:
-    plt = _plt()
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     c = result["ceilings"]
     rows = result["kernels"]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.subplots()
     ai = [r["intensity"] for r in rows] or [1.0]
     lo, hi = min(ai + [0.05]) / 2, max(ai + [200]) * 2
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
@@ -229,7 +227,7 @@ def plot_roofline(result, path: str) -> str:
     for r in rows:
         if r["name"] not in fams:
             fams.append(r["name"])
-    cmap = plt.get_cmap("tab10")
+    cmap = colormaps["tab10"]
     for i, fam in enumerate(fams):
         mine = [r for r in rows if r["name"] == fam]
         xmax = max(r["x"] for r in mine)
@@ -254,7 +252,6 @@ def plot_roofline(result, path: str) -> str:
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -84,7 +84,8 @@ def make_inputs(spec: KernelSpec, rng) -> tuple:
 @dataclass(frozen=True)
 class ModelSpec:
     """One GPT configuration of the end-to-end comparison (dropout 0 in both engines, so
-    both run the same arithmetic; tied head; float32)."""
+    both run the same arithmetic; tied head; float32). The shape and batch come from a
+    training preset (``from_preset``); the timing settings are the benchmark's own."""
     name: str
     n_layer: int
     n_head: int
@@ -96,6 +97,16 @@ class ModelSpec:
     prompt_len: int = 8
     new_tokens: int = 128         # capped so prompt + new tokens fit in block_size
     gen_repeats: int = 3          # timed generations per path, after one untimed
+
+    @classmethod
+    def from_preset(cls, name: str, preset: str, **timing) -> "ModelSpec":
+        """The shape and batch size of ``tinyllm train --model gpt --config <preset>``
+        (its dropout is not used: the comparison runs without dropout)."""
+        from ..train.runs import GPT_PRESETS
+        p = GPT_PRESETS[preset]
+        m = p.model
+        return cls(name, m.n_layer, m.n_head, m.n_embd, m.block_size, p.data.batch_size,
+                   **timing)
 
     @property
     def label(self) -> str:
@@ -119,13 +130,17 @@ class ModelSpec:
         return d
 
 
+# config A is the "small" training preset (the issue's reference, 4L/4H/128, block 128,
+# batch 16), config B the "medium" one (6L/6H/384, block 256, batch 8)
+CONFIG_PRESETS = {"A": "small", "B": "medium"}
+
+
 def model_specs(quick: bool) -> list:
     """Config A (the issue's reference) and config B (the larger one)."""
     if quick:
-        return [ModelSpec("A", 4, 4, 128, 128, 16, train_steps=2, warm_steps=1,
-                          new_tokens=24, gen_repeats=1),
-                ModelSpec("B", 6, 6, 384, 256, 8, train_steps=1, warm_steps=1,
-                          new_tokens=12, gen_repeats=1)]
-    return [ModelSpec("A", 4, 4, 128, 128, 16),
-            ModelSpec("B", 6, 6, 384, 256, 8, train_steps=8)]
-
+        timing = {"A": dict(train_steps=2, warm_steps=1, new_tokens=24, gen_repeats=1),
+                  "B": dict(train_steps=1, warm_steps=1, new_tokens=12, gen_repeats=1)}
+    else:
+        timing = {"A": {}, "B": dict(train_steps=8)}
+    return [ModelSpec.from_preset(name, preset, **timing[name])
+            for name, preset in CONFIG_PRESETS.items()]

@@ -46,7 +46,6 @@ except ImportError:                                   # pragma: no cover - numba
     HAVE_NUMBA = False
     prange = range
 
-
 def njit(*args, **kwargs):
     """``numba.njit`` with ``cache=True`` and ``error_model="numpy"`` by default
     (``parallel``/``fastmath`` passed through). The NumPy error model makes x / 0 give inf or

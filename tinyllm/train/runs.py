@@ -1,14 +1,30 @@
 """Training runs as the command line drives them: presets, ``key=value`` settings, building
 a model from a checkpoint, the GPT-on-text and RNN-on-a-task runs, and the demo.
 
-A run's *settings* are one flat dict: the model's fields, ``TrainConfig``'s fields and a few
-data fields (``batch_size``, ``tokenizer``, ...). A preset gives them all; ``key=value``
-pairs override single ones. The settings are stored in every checkpoint, so ``--resume`` and
-``tinyllm generate`` rebuild exactly the model that was trained.
+A run is described by a ``Preset``: a dataclass of three parts,
+
+- ``model``: the model's configuration minus what the data decides (``GPTModel``: GPTConfig
+  without vocab_size, which the tokenizer fixes; ``RNNModel``: RNNConfig without vocab_size
+  and max_len, which the task fixes);
+- ``train``: a ``TrainConfig`` (optimiser, schedule, validation, stopping);
+- ``data``: ``TextData`` (GPT: batch size, tokenizer, dtype) or ``TaskData`` (RNN: the
+  synthetic task, its lengths and pool size, batch size, dtype).
+
+Every field of the three parts is a *setting*, named by its field name (no two parts share
+a name). ``key=value`` overrides are checked against those fields and parsed by the field's
+type (``Preset.with_overrides``). The flat ``{setting: value}`` dict (``Preset.settings()``)
+is stored as ``meta["settings"]`` in every checkpoint, so ``--resume`` and ``tinyllm
+generate`` rebuild exactly the model that was trained (``Preset.from_settings``; a setting
+missing from an older checkpoint takes its field's default). A field declared with
+``resumable(...)`` (``tinyllm.train.trainer``) is one a resumed run may change
+(``resume_preset``); every other setting stays as the checkpoint has it.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import asdict, dataclass, fields
+
 import numpy as np
 
 from ..data import (BPETokenizer, CharTokenizer, copy_task, encode_text, get_batch,
@@ -22,97 +38,280 @@ class SettingsError(ValueError):
     """A bad preset name, key or value (the command line turns it into exit status 2)."""
 
 
+# ------------------------------------------------------------------ the parts of a preset
+
+@dataclass(frozen=True)
+class GPTModel:
+    """A GPT's shape: ``GPTConfig``'s fields but ``vocab_size`` (the tokenizer decides it)."""
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = True
+
+    def config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, **asdict(self))
+
+    def check(self) -> None:
+        self.config(2)                      # GPTConfig validates the shape
+
+
+@dataclass(frozen=True)
+@dataclass(frozen=True)
+class RNNModel:
+    """The attention RNN's shape: ``RNNConfig``'s fields but ``vocab_size`` and ``max_len``
+    (the task decides them) and ``d_mlp`` / ``d_ff`` (not settings: they stay at their
+    default, ``d_hidden``)."""
+    d_embed: int = 64
+    d_hidden: int = 64
+    d_attn: int = 64
+    score: str = "additive"
+    attention: bool = True
+
+    def config(self, vocab_size: int, max_len: int) -> RNNConfig:
+        return RNNConfig(vocab_size=vocab_size, max_len=max_len, **asdict(self))
+
+    def check(self) -> None:
+        pass                                # the model checks its sizes when it is built
+
+
+def _check_dtype_batch(d) -> None:
+    if d.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {d.dtype!r}")
+    if d.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {d.batch_size}")
+
+
+@dataclass(frozen=True)
+class TextData:
+    """A GPT's data: batches of ``batch_size`` windows of ``block_size`` tokens of text."""
+    batch_size: int
+    tokenizer: str = "char"               # char | bpe
+    bpe_vocab: int = 512                  # merges up to this vocabulary (bpe only)
+    dtype: str = "float32"                # the model's parameters and activations
+
+    def check(self) -> None:
+        if self.tokenizer not in ("char", "bpe"):
+            raise ValueError(f"tokenizer must be char or bpe, got {self.tokenizer!r}")
+        if self.tokenizer == "bpe" and self.bpe_vocab < 256:
+            raise ValueError(f"bpe_vocab must be >= 256, got {self.bpe_vocab}")
+        _check_dtype_batch(self)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The RNN's data: a synthetic sequence task (``tinyllm.data``), ``n_train`` training
+    examples drawn in batches of ``batch_size``."""
+    task: str                             # reversal | copy
+    n_symbols: int
+    min_len: int
+    max_len: int
+    batch_size: int
+    n_train: int
+    dtype: str = "float32"
+
+    def make_task(self):
+        make = reversal_task if self.task == "reversal" else copy_task
+        return make(n_symbols=self.n_symbols, min_len=self.min_len, max_len=self.max_len)
+
+    def check(self) -> None:
+        if self.task not in ("reversal", "copy"):
+            raise ValueError(f"task must be reversal or copy, got {self.task!r}")
+        self.make_task()                    # the task checks its symbols and lengths
+        _check_dtype_batch(self)
+
+
 # ------------------------------------------------------------------ presets
 
-_TRAIN_KEYS = TrainConfig.field_names()
+PARTS = ("model", "train", "data")
+_KINDS = {"gpt": (GPTModel, TextData), "rnn": (RNNModel, TaskData)}
+
+
+def _part_classes(kind: str) -> dict:
+    model, data = _KINDS[kind]
+    return {"model": model, "train": TrainConfig, "data": data}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One run's settings: ``kind`` ("gpt" or "rnn") and its model, training and data parts."""
+    kind: str
+    model: GPTModel | RNNModel
+    train: TrainConfig
+    data: TextData | TaskData
+
+    @staticmethod
+    def setting_fields(kind: str) -> dict:
+        """{setting name: (part name, dataclasses.Field)} of a ``kind`` of run."""
+        out = {}
+        for part, cls in _part_classes(kind).items():
+            for f in fields(cls):
+                if f.name in out:           # pragma: no cover - a bug in the parts
+                    raise TypeError(f"Preset: setting {f.name!r} is in both "
+                                    f"{out[f.name][0]} and {part}")
+                out[f.name] = (part, f)
+        return out
+
+    @staticmethod
+    def resumable_names(kind: str) -> list:
+        """The settings a resumed run may change (fields declared ``resumable``)."""
+        return [k for k, (_, f) in Preset.setting_fields(kind).items()
+                if f.metadata.get("resumable")]
+
+    def settings(self) -> dict:
+        """The flat {setting: value} dict (what a checkpoint stores as ``settings``)."""
+        return {**asdict(self.model), **asdict(self.train), **asdict(self.data)}
+
+    @classmethod
+    def from_settings(cls, kind: str, settings: dict) -> "Preset":
+        """The preset of a flat settings dict; a missing setting takes its field's default,
+        an unknown one raises ``SettingsError``."""
+        known = cls.setting_fields(kind)
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown settings {', '.join(unknown)} for a {kind} run")
+        kw = {part: {} for part in PARTS}
+        for k, v in settings.items():
+            kw[known[k][0]][k] = v
+        classes = _part_classes(kind)
+        try:
+            return cls(kind, **{part: classes[part](**kw[part]) for part in PARTS})
+        except (TypeError, ValueError) as e:
+            raise SettingsError(str(e)) from None
+
+    def replace(self, **settings) -> "Preset":
+        """A copy with some settings (by their flat names) changed, unchecked beyond what the
+        parts' own constructors check."""
+        known = self.setting_fields(self.kind)
+        kw = {part: {} for part in PARTS}
+        for k, v in settings.items():
+            if k not in known:
+                raise SettingsError(_unknown(k, known))
+            kw[known[k][0]][k] = v
+        return dataclasses.replace(self, **{part: dataclasses.replace(getattr(self, part),
+                                                                      **kw[part])
+                                            for part in PARTS if kw[part]})
+
+    def with_overrides(self, overrides: dict | list = ()) -> "Preset":
+        """``overrides`` (a dict of values, or ``key=value`` strings: each parsed by its
+        field's type) applied and the result checked; unknown keys and bad values raise
+        ``SettingsError``."""
+        known = self.setting_fields(self.kind)
+        items = (overrides.items() if isinstance(overrides, dict)
+                 else [_split(o) for o in overrides])
+        s = self.settings()
+        for key, value in items:
+            key = key.replace("-", "_")
+            if key not in known:
+                raise SettingsError(_unknown(key, known))
+            s[key] = _parse(key, value, known[key][1].type) if isinstance(value, str) else value
+        p = self.from_settings(self.kind, s)
+        p.check()
+        return p
+
+    def check(self) -> None:
+        """Raise ``SettingsError`` unless every part is valid."""
+        try:                                # (TrainConfig checks itself when built)
+            self.model.check()
+            self.data.check()
+        except (TypeError, ValueError) as e:
+            raise SettingsError(str(e)) from None
+
+
+def _gpt(model: dict, train: dict, data: dict) -> Preset:
+    return Preset("gpt", GPTModel(**model), TrainConfig(**train), TextData(**data))
+
+
+def _rnn(model: dict, train: dict, data: dict) -> Preset:
+    return Preset("rnn", RNNModel(**model), TrainConfig(**train), TaskData(**data))
+
 
 GPT_PRESETS = {
-    # A: the issue's reference configuration (PyTorch: val 1.46 after 110 s here)
-    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, bias=True,
-                  batch_size=16, tokenizer="char", bpe_vocab=512, dtype="float32",
-                  max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
-                  beta2=0.99, eval_every=200, eval_batches=16, grad_clip=1.0),
-    # B: the larger benchmark configuration
-    "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1, bias=True,
-                   batch_size=8, tokenizer="char", bpe_vocab=512, dtype="float32",
-                   max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.1,
-                   beta2=0.99, eval_every=250, eval_batches=16, grad_clip=1.0),
+    # A: the issue's reference configuration (PyTorch: val 1.46 after 110 s here); the
+    # benchmark's config A (tinyllm.bench.specs) is this shape
+    "small": _gpt(dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, bias=True),
+                  dict(max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+                       weight_decay=0.1, beta2=0.99, eval_every=200, eval_batches=16,
+                       grad_clip=1.0),
+                  dict(batch_size=16, tokenizer="char", bpe_vocab=512, dtype="float32")),
+    # B: the larger benchmark configuration (the benchmark's config B)
+    "medium": _gpt(dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.1,
+                        bias=True),
+                   dict(max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=200,
+                        weight_decay=0.1, beta2=0.99, eval_every=250, eval_batches=16,
+                        grad_clip=1.0),
+                   dict(batch_size=8, tokenizer="char", bpe_vocab=512, dtype="float32")),
     # for tests and quick looks
-    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, bias=True,
-                 batch_size=8, tokenizer="char", bpe_vocab=300, dtype="float32",
-                 max_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.1,
-                 beta2=0.99, eval_every=50, eval_batches=4, grad_clip=1.0),
+    "tiny": _gpt(dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, bias=True),
+                 dict(max_steps=200, lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.1,
+                      beta2=0.99, eval_every=50, eval_batches=4, grad_clip=1.0),
+                 dict(batch_size=8, tokenizer="char", bpe_vocab=300, dtype="float32")),
 }
+
+_RNN_MODEL = dict(d_embed=64, d_hidden=128, d_attn=64, score="additive", attention=True)
+_RNN_TRAIN = dict(lr=3e-3, min_lr=3e-4, weight_decay=0.0, beta2=0.999, eval_batches=4,
+                  grad_clip=1.0)
 
 RNN_PRESETS = {
-    "reversal": dict(task="reversal", n_symbols=10, min_len=5, max_len=10, d_embed=64,
-                     d_hidden=128, d_attn=64, score="additive", attention=True,
-                     batch_size=64, n_train=50_000, dtype="float32", max_steps=1500, lr=3e-3,
-                     min_lr=3e-4, warmup_steps=75, weight_decay=0.0, beta2=0.999,
-                     eval_every=250, eval_batches=4, grad_clip=1.0),
-    "reversal-long": dict(task="reversal", n_symbols=10, min_len=10, max_len=20, d_embed=64,
-                          d_hidden=128, d_attn=64, score="additive", attention=True,
-                          batch_size=64, n_train=50_000, dtype="float32", max_steps=3000,
-                          lr=3e-3, min_lr=3e-4, warmup_steps=150, weight_decay=0.0,
-                          beta2=0.999, eval_every=500, eval_batches=4, grad_clip=1.0),
-    "copy": dict(task="copy", n_symbols=10, min_len=5, max_len=10, d_embed=64, d_hidden=128,
-                 d_attn=64, score="additive", attention=True, batch_size=64, n_train=50_000,
-                 dtype="float32", max_steps=1500, lr=3e-3, min_lr=3e-4, warmup_steps=75,
-                 weight_decay=0.0, beta2=0.999, eval_every=250, eval_batches=4,
-                 grad_clip=1.0),
+    "reversal": _rnn(_RNN_MODEL, dict(_RNN_TRAIN, max_steps=1500, warmup_steps=75,
+                                      eval_every=250),
+                     dict(task="reversal", n_symbols=10, min_len=5, max_len=10, batch_size=64,
+                          n_train=50_000, dtype="float32")),
+    "reversal-long": _rnn(_RNN_MODEL, dict(_RNN_TRAIN, max_steps=3000, warmup_steps=150,
+                                           eval_every=500),
+                          dict(task="reversal", n_symbols=10, min_len=10, max_len=20,
+                               batch_size=64, n_train=50_000, dtype="float32")),
+    "copy": _rnn(_RNN_MODEL, dict(_RNN_TRAIN, max_steps=1500, warmup_steps=75, eval_every=250),
+                 dict(task="copy", n_symbols=10, min_len=5, max_len=10, batch_size=64,
+                      n_train=50_000, dtype="float32")),
 }
-
-_GPT_MODEL_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
-_RNN_MODEL_KEYS = ("d_embed", "d_hidden", "d_attn", "score", "attention")
-_SHAPE_KEYS = set(_GPT_MODEL_KEYS) | set(_RNN_MODEL_KEYS) | {
-    "tokenizer", "bpe_vocab", "dtype", "task", "n_symbols", "min_len", "max_len"}
 
 
 def presets(kind: str) -> dict:
     return GPT_PRESETS if kind == "gpt" else RNN_PRESETS
 
 
-def _convert(key: str, text: str, like):
-    """``text`` parsed as the type of the preset value ``like``."""
+def _unknown(key: str, known) -> str:
+    return f"unknown setting {key!r}; settings are {', '.join(sorted(known))}"
+
+
+def _type_name(type_) -> str:
+    """'int', 'float', 'bool' or 'str' of a field's annotation ('float | None' -> 'float')."""
+    text = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    names = [t.strip() for t in text.split("|") if t.strip() != "None"]
+    return names[0] if names else "str"
+
+
+def _parse(key: str, text: str, type_):
+    """``text`` parsed as the type of the field annotated ``type_``."""
+    kind = _type_name(type_)
     try:
-        if isinstance(like, bool):
+        if kind == "bool":
             low = text.lower()
             if low in ("1", "true", "yes", "on"):
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError
-        if isinstance(like, int):
+        if kind == "int":
             return int(text)
-        if isinstance(like, float) or like is None:
+        if kind == "float":
             return float(text)
         return text
     except ValueError:
-        kind = "true/false" if isinstance(like, bool) else type(like).__name__
-        raise SettingsError(f"{key}={text!r}: expected {kind}") from None
+        raise SettingsError(f"{key}={text!r}: expected "
+                            f"{'true/false' if kind == 'bool' else kind}") from None
 
 
-def make_settings(kind: str, preset: str, overrides: dict | list = ()) -> dict:
-    """The preset's settings with ``overrides`` (a dict of values, or ``key=value`` strings)
-    applied; unknown keys and unparsable values raise ``SettingsError``."""
+def make_preset(kind: str, name: str, overrides: dict | list = ()) -> Preset:
+    """The preset ``name`` of ``kind`` with ``overrides`` (a dict of values, or ``key=value``
+    strings) applied; unknown names, keys and unparsable values raise ``SettingsError``."""
     table = presets(kind)
-    if preset not in table:
-        raise SettingsError(f"unknown --config {preset!r} for --model {kind}; choose one of "
+    if name not in table:
+        raise SettingsError(f"unknown --config {name!r} for --model {kind}; choose one of "
                             f"{', '.join(table)}")
-    s = dict(table[preset])
-    s.setdefault("seed", 0)
-    s.setdefault("patience", 0)
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
-    for key, value in items:
-        key = key.replace("-", "_")
-        allowed = set(s) | set(_TRAIN_KEYS)
-        if key not in allowed:
-            raise SettingsError(f"unknown setting {key!r}; settings are "
-                                f"{', '.join(sorted(allowed))}")
-        like = s.get(key, getattr(TrainConfig(), key, None))
-        s[key] = _convert(key, value, like) if isinstance(value, str) else value
-    _check_settings(kind, s)
-    return s
+    return table[name].with_overrides(overrides)
 
 
 def _split(item: str):
@@ -122,51 +321,35 @@ def _split(item: str):
     return k, v
 
 
-def _check_settings(kind, s):
-    try:
-        train_config(s)
-        if kind == "gpt":
-            GPTConfig(vocab_size=2, **{k: s[k] for k in _GPT_MODEL_KEYS if k != "vocab_size"})
-            if s["tokenizer"] not in ("char", "bpe"):
-                raise ValueError(f"tokenizer must be char or bpe, got {s['tokenizer']!r}")
-            if s["tokenizer"] == "bpe" and s["bpe_vocab"] < 256:
-                raise ValueError(f"bpe_vocab must be >= 256, got {s['bpe_vocab']}")
-        else:
-            if s["task"] not in ("reversal", "copy"):
-                raise ValueError(f"task must be reversal or copy, got {s['task']!r}")
-            _task(s)
-        if s["dtype"] not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {s['dtype']!r}")
-        if s["batch_size"] < 1:
-            raise ValueError(f"batch_size must be >= 1, got {s['batch_size']}")
-    except (ValueError, TypeError) as e:
-        raise SettingsError(str(e)) from None
-
-
-def train_config(s: dict, **extra) -> TrainConfig:
-    kw = {k: s[k] for k in _TRAIN_KEYS if k in s}
-    kw.update(extra)
-    return TrainConfig(**kw)
+def resume_preset(p: Preset, saved: dict, explicit=(), strict: bool = False) -> Preset:
+    """The preset a resumed run goes on with, from the one asked for (``p``) and the
+    checkpoint's settings (``saved``, a flat dict). Resumable settings take ``p``'s values;
+    any other setting keeps the checkpoint's. A non-resumable setting that differs from the
+    checkpoint's raises ``SettingsError`` when it was given explicitly (its name is in
+    ``explicit``) or when ``strict`` (a preset was named); otherwise the checkpoint's value
+    is kept silently. Settings the checkpoint lacks (older runs) take ``p``'s values."""
+    s = p.settings()
+    may = set(Preset.resumable_names(p.kind))
+    changed = [k for k in saved if k in s and s[k] != saved[k] and k not in may]
+    bad = [k for k in changed if k in explicit or strict]
+    if bad:
+        raise SettingsError(f"{', '.join(bad)} differ from the checkpoint's; a resumed run "
+                            f"keeps its model and data settings")
+    merged = dict(saved, **{k: s[k] for k in s if k not in saved or k not in changed})
+    return Preset.from_settings(p.kind, merged)
 
 
 # ------------------------------------------------------------------ models
 
-def _task(s):
-    make = reversal_task if s["task"] == "reversal" else copy_task
-    return make(n_symbols=s["n_symbols"], min_len=s["min_len"], max_len=s["max_len"])
-
-
-def build_model(kind: str, s: dict, vocab_size: int):
-    dtype = np.dtype(s["dtype"])
-    if kind == "gpt":
-        cfg = GPTConfig(vocab_size=vocab_size, **{k: s[k] for k in _GPT_MODEL_KEYS
-                                                   if k != "vocab_size"})
-        return GPT(cfg, seed=s.get("seed", 0), dtype=dtype)
-    task = _task(s)
-    cfg = RNNConfig(task.vocab_size, task.block_size, d_embed=s["d_embed"],
-                    d_hidden=s["d_hidden"], d_attn=s["d_attn"], score=s["score"],
-                    attention=s["attention"])
-    return AttentionRNN(cfg, seed=s.get("seed", 0), dtype=dtype)
+def build_model(p: Preset, vocab_size: int | None = None):
+    """The model of preset ``p`` (a GPT needs the tokenizer's ``vocab_size``; the RNN takes
+    its vocabulary and length from the task)."""
+    dtype = np.dtype(p.data.dtype)
+    if p.kind == "gpt":
+        return GPT(p.model.config(vocab_size), seed=p.train.seed, dtype=dtype)
+    task = p.data.make_task()
+    return AttentionRNN(p.model.config(task.vocab_size, task.block_size), seed=p.train.seed,
+                        dtype=dtype)
 
 
 def load_model(path: str):
@@ -177,13 +360,14 @@ def load_model(path: str):
     if kind not in ("gpt", "rnn") or not isinstance(s, dict):
         raise ValueError(f"checkpoint {path!r} was not written by `tinyllm train` (no model "
                          f"type and settings in its meta.json)")
+    p = Preset.from_settings(kind, s)
     if kind == "gpt":
         tok = load_tokenizer(meta["tokenizer"])
-        model = build_model("gpt", s, tok.vocab_size)
+        model = build_model(p, tok.vocab_size)
         extra = tok
     else:
-        model = build_model("rnn", s, 0)
-        extra = _task(s)
+        model = build_model(p)
+        extra = p.data.make_task()
     model.load_state_dict(arrays)
     model.eval()
     return model, extra, meta
@@ -198,41 +382,47 @@ def unigram_baseline(train_ids: np.ndarray, val_ids: np.ndarray, V: int) -> floa
     return float(-logp[val_ids].mean())
 
 
-def prepare_text(s: dict, data_path: str | None, tokenizer=None):
+def prepare_text(p: Preset, data_path: str | None, tokenizer=None):
     """(tokenizer, train ids, val ids) for a GPT run."""
     text = load_corpus(data_path)
     if tokenizer is None:
-        if s["tokenizer"] == "char":
+        if p.data.tokenizer == "char":
             tokenizer = CharTokenizer(text)
         else:
-            tokenizer = BPETokenizer.train(text, s["bpe_vocab"])
+            tokenizer = BPETokenizer.train(text, p.data.bpe_vocab)
     ids = encode_text(text, tokenizer)
     train, val = train_val_split(ids, 0.9)
-    need = s["block_size"] + 1
+    T = p.model.block_size
+    need = T + 1
     where = data_path or "the embedded corpus"
     if len(train) < need or len(val) < need:
-        raise SettingsError(f"{where} is too short for block_size {s['block_size']}: its "
-                         f"train/val parts have {len(train)}/{len(val)} tokens and each needs "
-                         f"at least {need}; use more text or a smaller --block_size")
+        raise SettingsError(f"{where} is too short for block_size {T}: its "
+                            f"train/val parts have {len(train)}/{len(val)} tokens and each "
+                            f"needs at least {need}; use more text or a smaller --block_size")
     return tokenizer, train, val
 
 
-def gpt_trainer(s: dict, data_path: str | None, out: str | None, resume: bool = False,
+def _train_config(p: Preset, extra: dict) -> TrainConfig:
+    return dataclasses.replace(p.train, **extra) if extra else p.train
+
+
+def gpt_trainer(p: Preset, data_path: str | None, out: str | None, resume: bool = False,
                 log=print, **train_extra):
     """A Trainer for a GPT on text (resumed from ``out`` when ``resume``); also returns the
-    tokenizer and the train/val ids."""
+    tokenizer and the train/val ids. ``train_extra`` changes TrainConfig fields for this
+    trainer only (they are not stored as the run's settings)."""
     tok = None
     if resume:
         _, _, meta = load_checkpoint(out)
         tok = load_tokenizer(meta["tokenizer"])
-    tok, train, val = prepare_text(s, data_path, tok)
-    model = build_model("gpt", s, tok.vocab_size)
-    B, T = s["batch_size"], s["block_size"]
+    tok, train, val = prepare_text(p, data_path, tok)
+    model = build_model(p, tok.vocab_size)
+    B, T = p.data.batch_size, p.model.block_size
     trainer = Trainer(model, lambda rng: get_batch(train, B, T, rng),
-                      lambda rng: get_batch(val, B, T, rng), train_config(s, **train_extra),
+                      lambda rng: get_batch(val, B, T, rng), _train_config(p, train_extra),
                       out_dir=out, log=log,
                       meta={"model": {"type": "gpt", "config": model.config.to_dict()},
-                            "settings": s, "tokenizer": tok.to_dict(),
+                            "settings": p.settings(), "tokenizer": tok.to_dict(),
                             "data": data_path or "embedded"})
     if resume:
         trainer.resume(out)
@@ -241,27 +431,30 @@ def gpt_trainer(s: dict, data_path: str | None, out: str | None, resume: bool = 
 
 # ------------------------------------------------------------------ RNN on a task
 
-def rnn_batches(task, s: dict, seed: int):
+def rnn_batches(task, data: TaskData, seed: int):
     """(train_batch, val_batch, held-out TaskData): train rows from a pool of ``n_train``
     train-split examples, val rows from the held-out split."""
-    pool = task.make_split(s["n_train"], seed=seed, split="train")
+    pool = task.make_split(data.n_train, seed=seed, split="train")
     held = task.make_split(500, seed=seed + 1, split="test")
+    B = data.batch_size
 
-    def draw(data):
+    def draw(split):
         def batch(rng):
-            rows = rng.integers(0, len(data), s["batch_size"])
-            T = int(2 * data.lengths[rows].max() + 2)
-            return data.inputs[rows, :T], data.targets[rows, :T]
+            rows = rng.integers(0, len(split), B)
+            T = int(2 * split.lengths[rows].max() + 2)
+            return split.inputs[rows, :T], split.targets[rows, :T]
         return batch
     return draw(pool), draw(held), held
 
 
-def rnn_trainer(s: dict, out: str | None, resume: bool = False, log=print, **train_extra):
-    task = _task(s)
-    model = build_model("rnn", s, 0)
-    train_b, val_b, held = rnn_batches(task, s, s.get("seed", 0))
-    trainer = Trainer(model, train_b, val_b, train_config(s, **train_extra), out_dir=out,
-                      log=log, meta={"model": {"type": "rnn"}, "settings": s,
+def rnn_trainer(p: Preset, out: str | None, resume: bool = False, log=print, **train_extra):
+    """A Trainer for the attention RNN on its task (resumed from ``out`` when ``resume``);
+    also returns the task and its held-out split."""
+    task = p.data.make_task()
+    model = build_model(p)
+    train_b, val_b, held = rnn_batches(task, p.data, p.train.seed)
+    trainer = Trainer(model, train_b, val_b, _train_config(p, train_extra), out_dir=out,
+                      log=log, meta={"model": {"type": "rnn"}, "settings": p.settings(),
                                      "task": {"kind": task.kind, "n_symbols": task.n_symbols,
                                               "min_len": task.min_len,
                                               "max_len": task.max_len}})
@@ -271,30 +464,6 @@ def rnn_trainer(s: dict, out: str | None, resume: bool = False, log=print, **tra
 
 
 # ------------------------------------------------------------------ timing helpers
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
-
-    A training step allocates and frees the same few-MB activation arrays every step. By
-    default glibc serves each one with a fresh mmap, and first touching fresh pages costs more
-    than many of the kernels that fill them. Raising the mmap and trim thresholds makes those
-    arrays come back from the heap, already mapped (about 10% per GPT step measured here).
-    Process-wide, so only the command line calls it. Returns False where it does not apply.
-    """
-    import ctypes
-    import sys
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 512 << 20) == 1
-        ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
-        ok &= libc.mallopt(M_TOP_PAD, 64 << 20) == 1
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
 
 def seconds_per_step(model, batch, steps: int = 3) -> float:
     """Median wall time of a forward+backward on ``batch`` (after one warm-up step that
@@ -317,6 +486,7 @@ def steps_for_budget(model, batch, budget: float, lo: int, hi: int, overhead: fl
     return int(min(hi, max(lo, budget / per))), per
 
 
-__all__ = ["GPT_PRESETS", "RNN_PRESETS", "SettingsError", "make_settings", "build_model",
-           "load_model", "gpt_trainer", "rnn_trainer", "unigram_baseline", "keep_freed_memory",
+__all__ = ["Preset", "GPTModel", "RNNModel", "RNNConfig", "TextData", "TaskData",
+           "GPT_PRESETS", "RNN_PRESETS", "SettingsError", "make_preset", "resume_preset",
+           "build_model", "load_model", "gpt_trainer", "rnn_trainer", "unigram_baseline",
            "steps_for_budget"]

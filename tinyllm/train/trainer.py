@@ -39,9 +39,16 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the message says what and where."""
 
 
+def resumable(default, **kw):
+    """A dataclass field that a resumed run (``tinyllm train --resume``) may change: how long
+    to go on, how often to validate and log. Every other setting of a run must stay as the
+    checkpoint has it."""
+    return field(default=default, metadata={"resumable": True}, **kw)
+
+
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: int = resumable(1000)
     lr: float = 1e-3
     min_lr: float | None = None          # default lr / 10
     warmup_steps: int = 50
@@ -49,14 +56,14 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0               # 0 = no clipping
-    eval_every: int = 100
-    eval_batches: int = 8
-    patience: int = 0                    # validations without improvement to stop at; 0 = never
+    eval_every: int = resumable(100)
+    eval_batches: int = resumable(8)
+    patience: int = resumable(0)         # validations without improvement to stop at; 0 = never
     seed: int = 0
-    log_every: int = 10
-    time_limit: float = 0.0              # seconds of training before stopping early; 0 = none
-    stop_at: int = 0                     # stop (as if interrupted) after this step; 0 = never
-    progress: bool = True                # tqdm bar (quiet anyway when not on a terminal)
+    log_every: int = resumable(10)
+    time_limit: float = resumable(0.0)   # seconds of training before stopping early; 0 = none
+    stop_at: int = resumable(0)          # stop (as if interrupted) after this step; 0 = never
+    progress: bool = resumable(True)     # tqdm bar (quiet anyway when not on a terminal)
 
     def __post_init__(self):
         for f in ("max_steps", "eval_every", "eval_batches", "log_every"):
@@ -83,6 +90,11 @@ class TrainConfig:
     @classmethod
     def field_names(cls):
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def resumable_names(cls):
+        """The fields a resumed run may change (declared with ``resumable``)."""
+        return [f.name for f in fields(cls) if f.metadata.get("resumable")]
 
 
 @dataclass
@@ -323,12 +335,13 @@ class Trainer:
 
 
 def plot_metrics(records: list, path: str, title: str = "loss") -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Train and val loss against step from metrics records, as a PNG at ``path``. Drawn on a
+    ``matplotlib.figure.Figure`` (no pyplot state, no backend switch)."""
+    from matplotlib.figure import Figure
     tr = [(r["step"], r["loss"]) for r in records if "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if tr:
         ax.plot(*zip(*tr), label="train", lw=1)
     if va:
@@ -340,7 +353,6 @@ def plot_metrics(records: list, path: str, title: str = "loss") -> str:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
