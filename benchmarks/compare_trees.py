@@ -6,7 +6,8 @@
 Each round runs ``tinyllm bench --no-torch`` (``--quick`` unless ``--full``) once from each
 tree, alternating OLD, NEW, NEW, OLD, ... so that a drift of the machine hits both alike;
 every run is a process of its own (``PYTHONPATH`` points at the tree). For each kernel row
-(family, size, implementation, pass) it prints the median time over the rounds of each tree
+(family, size, implementation, pass), and for each end-to-end figure of ``--only e2e``
+(training step, generation with and without the KV cache), it prints the median time over the rounds of each tree
 and the ratio NEW / OLD (< 1: the new tree is faster), plus the spread of the per-round
 ratios. A refactor that changes nothing should give ratios within the rounds' own spread.
 """
@@ -38,8 +39,15 @@ def bench_once(tree: str, args, out: str) -> dict:
 
 
 def rows(result: dict) -> dict:
-    return {(r["name"], r["size"], r["impl"], r["pass"]): r["median_ms"]
-            for r in result["kernels"]}
+    """(family, size, impl, pass) -> median ms; end-to-end entries (``--only e2e``) as
+    ("e2e", config, "tinyllm", "train" | "generate_cache" | "generate_nocache")."""
+    out = {(r["name"], r["size"], r["impl"], r["pass"]): r["median_ms"]
+           for r in result.get("kernels", [])}
+    for e in result.get("e2e", []):
+        if e.get("impl") == "tinyllm" and "error" not in e:
+            for what in ("train", "generate_cache", "generate_nocache"):
+                out[("e2e", f"config {e['config']}", "tinyllm", what)] = e[what]["median_ms"]
+    return out
 
 
 def main(argv=None) -> int:
@@ -47,7 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("old")
     p.add_argument("new")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", default=None, help="kernel families, comma separated")
+    p.add_argument("--only", default=None,
+                   help="kernel families (and e2e: the GPT end to end), comma separated")
     p.add_argument("--full", action="store_true", help="the full sweep instead of --quick")
     p.add_argument("--json", default=None, help="write the per-round times here")
     args = p.parse_args(argv)

@@ -391,3 +391,27 @@ def test_against_torch(name, impl):
     assert max_rel_err(out, tout.detach().numpy()) <= 1e-12
     for p, g in zip(pos, grads):
         assert max_rel_err(g, ts[p].grad.numpy()) <= 1e-11, (name, p)
+
+
+@pytest.mark.parametrize("name", ["layernorm", "mlp"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_serial_and_parallel_forward_agree_bitwise(name, dtype, monkeypatch):
+    """Below ``_nb.SERIAL_WORK`` elements the Numba forward runs its rows on the calling
+    thread (a decoding step's few rows); above it, in a parallel loop. Both paths must give
+    the same bits, whichever size picks them."""
+    if "numba" not in tl.kernels.available(name):
+        pytest.skip("Numba is not available")
+    mod = tl.kernels.module(name)
+    k = tl.kernels.get(name, "numba")
+    for rows in (1, 3, 70):
+        size = {"layernorm": {"N": rows, "C": 96},
+                "mlp": {"N": rows, "C": 32, "H": 96, "Co": 16}}[name]
+        arrays, opts = tl.kernels.family(name).inputs(size, dtype, np.random.default_rng(rows))
+        got = {}
+        for path, limit in (("serial", 1 << 62), ("parallel", 0)):
+            monkeypatch.setattr(mod, "SERIAL_WORK", limit)
+            got[path] = k.forward(*arrays, **opts)[0]
+        assert np.array_equal(got["serial"], got["parallel"]), (name, rows)
+    loops = {"layernorm": ("_ln_fwd_rows_serial", "_ln_fwd_rows"),
+             "mlp": ("_bias_gelu_fwd_serial", "_bias_gelu_fwd")}[name]
+    assert all(getattr(mod, f).signatures for f in loops), "both loops must have run"

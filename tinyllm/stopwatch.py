@@ -11,9 +11,16 @@ peer, a plain script that must not import tinyllm or Numba, loads it by its file
 ``warmup`` untimed calls come first (they load caches, compile, fault in memory); then at
 least ``min_repeats`` timed calls, and more while ``budget_s`` seconds last, up to
 ``max_repeats``. The median is the figure; min and max show the spread.
+
+Memory: ``rss_mb()`` reads this process's resident memory now and its high-water mark;
+``reset_peak_rss()`` resets the mark, so a peak can be taken over one phase alone.
+``train_and_generate`` is the end-to-end protocol that tinyllm's GPT and torch's both follow
+in ``tinyllm bench``: warm-up steps, timed training steps with their peak memory, then timed
+greedy generations with and without the KV cache.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -47,4 +54,62 @@ def summarize(times) -> dict:
             "max_ms": float(t.max()), "repeats": int(t.size)}
 
 
-__all__ = ["measure", "summarize"]
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux >= 4.0:
+    writing 5 to /proc/self/clear_refs); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> dict:
+    """{"rss": now, "peak": high-water mark} in MiB (VmRSS / VmHWM, or ru_maxrss)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key = "rss" if line.startswith("VmRSS") else "peak"
+                    out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if "peak" not in out:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak"] = kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
+        out.setdefault("rss", out["peak"])
+    return out
+
+
+def train_and_generate(step, generate, m: dict, base_mb: float, after_model_mb: float,
+                       before_generate=None) -> dict:
+    """The end-to-end protocol, the same for every engine.
+
+    ``step()`` is one training step; ``generate(use_cache)`` one whole greedy generation of
+    ``m["gen_tokens"]`` tokens. ``m["warm_steps"]`` untimed steps, then ``m["train_steps"]``
+    timed ones (the peak resident memory is taken over those alone where the kernel allows
+    it), then ``before_generate()`` if given, then for the cached and the uncached path one
+    untimed and ``m["gen_repeats"]`` timed generations. ``base_mb`` / ``after_model_mb`` are
+    the resident memory after the imports and after building the model."""
+    for _ in range(m["warm_steps"]):
+        step()
+    exact = reset_peak_rss()
+    train = measure(step, warmup=0, min_repeats=m["train_steps"], max_repeats=m["train_steps"],
+                    budget_s=0.0)
+    peak = rss_mb()["peak"]
+    if before_generate is not None:
+        before_generate()
+    gen = {}
+    for key, cache in (("gen_cache", True), ("gen_nocache", False)):
+        times = measure(lambda c=cache: generate(c), warmup=1, min_repeats=m["gen_repeats"],
+                        max_repeats=m["gen_repeats"], budget_s=0.0)
+        gen[key] = {"times_s": times, "tokens": m["gen_tokens"]}
+    return {"train": {"times_s": train}, **gen,
+            "memory_MiB": {"base": base_mb, "after_model": after_model_mb, "peak_train": peak,
+                           "peak_is_train_only": exact}}
+
+
+__all__ = ["measure", "summarize", "rss_mb", "reset_peak_rss", "train_and_generate"]

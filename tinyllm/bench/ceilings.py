@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .torch_peer import measure, summarize
+from ..stopwatch import measure, summarize
 
 
 def copy_bandwidth(mib: int, threads: int, timing: dict) -> dict:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .kernels import PeerError, run_peer
 from .machine import run_json_child, thread_info
-from .torch_peer import measure, reset_peak_rss, rss_mb, summarize
+from ..stopwatch import rss_mb, summarize, train_and_generate
 
 
 def vocab_size() -> int:
@@ -70,26 +70,14 @@ def child(spec: dict) -> dict:
         optim.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    model.train()
-    for _ in range(m["warm_steps"]):
-        step()
-    exact = reset_peak_rss()
-    train = measure(step, warmup=0, min_repeats=m["train_steps"], max_repeats=m["train_steps"],
-                    budget_s=0.0)
-    peak = rss_mb()["peak"]
     prompt = rng.integers(0, V, size=(1, m["prompt_len"]))
     n = m["gen_tokens"]
-    gen = {}
-    for key, cache in (("gen_cache", True), ("gen_nocache", False)):
-        times = measure(lambda c=cache: generate(model, prompt, n, temperature=0.0, use_cache=c),
-                        warmup=1, min_repeats=m["gen_repeats"], max_repeats=m["gen_repeats"],
-                        budget_s=0.0)
-        gen[key] = {"times_s": times, "tokens": n}
-    return {"params": int(sum(p.data.size for p in params)),
-            "train": {"times_s": train, "tokens_per_step": B * T}, **gen,
-            "memory_MiB": {"base": base, "after_model": after_model, "peak_train": peak,
-                          "peak_is_train_only": exact},
-            "threads": thread_info(), "kernel_impl": kernels.default_impl()}
+    model.train()
+    res = train_and_generate(step, lambda c: generate(model, prompt, n, temperature=0.0,
+                                                      use_cache=c), m, base, after_model)
+    res["train"]["tokens_per_step"] = B * T
+    return dict(res, params=int(sum(p.data.size for p in params)), threads=thread_info(),
+                kernel_impl=kernels.default_impl())
 
 
 def _run_child(spec: dict, threads: int, timeout: float) -> dict:

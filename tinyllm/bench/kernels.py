@@ -14,9 +14,7 @@ a JSON record (see ``tinyllm.bench``). Timing is ``tinyllm.stopwatch``.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -26,7 +24,7 @@ from .. import kernels as K
 from ..kernels._harness import random_like
 from ..stopwatch import measure, summarize
 from . import torch_peer
-from .machine import child_env
+from .machine import run_json_child
 from .specs import GBPS, make_inputs
 
 
@@ -37,20 +35,9 @@ class PeerError(RuntimeError):
 def run_peer(spec: dict, threads: int, timeout: float) -> dict:
     """Run ``torch_peer.py`` as a plain script (no tinyllm, no Numba in that process) with
     ``spec``; return its JSON."""
-    spec = dict(spec, threads=threads)
-    try:
-        r = subprocess.run([sys.executable, os.path.abspath(torch_peer.__file__),
-                            json.dumps(spec)], capture_output=True, text=True,
-                           timeout=timeout, env=child_env(threads))
-    except subprocess.TimeoutExpired:
-        raise PeerError(f"the torch peer did not finish within {timeout:.0f} s") from None
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PeerError(f"the torch peer exited with {r.returncode}: {last}")
-    try:
-        return json.loads(r.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise PeerError("the torch peer printed no JSON") from None
+    return run_json_child([sys.executable, os.path.abspath(torch_peer.__file__)],
+                          dict(spec, threads=threads), threads, timeout, "the torch peer",
+                          PeerError)
 
 
 def our_callables(spec, impl: str) -> dict:

@@ -56,40 +56,10 @@ def _stopwatch():
 
 
 _sw = _stopwatch()
-measure, summarize = _sw.measure, _sw.summarize
+measure, summarize, rss_mb = _sw.measure, _sw.summarize, _sw.rss_mb
 
 
 # ------------------------------------------------------------------ memory
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's resident memory (Linux ≥ 4.0:
-    writing 5 to /proc/self/clear_refs); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mb() -> dict:
-    """{"rss": now, "peak": high-water mark} in MiB (VmRSS / VmHWM, or ru_maxrss)."""
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key = "rss" if line.startswith("VmRSS") else "peak"
-                    out[key] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    if "peak" not in out:
-        import resource
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out["peak"] = kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
-        out.setdefault("rss", out["peak"])
-    return out
-
 
 # ------------------------------------------------------------------ kernels
 # torch's equivalent of each family, called like tinyllm's forward(*args, **opts)
@@ -306,25 +276,13 @@ def run_e2e(spec: dict) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    model.train()
-    for _ in range(m["warm_steps"]):
-        step()
-    exact = reset_peak_rss()
-    train = measure(step, warmup=0, min_repeats=m["train_steps"], max_repeats=m["train_steps"],
-                    budget_s=0.0)
-    peak = rss_mb()["peak"]
-    model.eval()
     prompt = torch.from_numpy(rng.integers(0, V, size=(1, m["prompt_len"])))
     n = m["gen_tokens"]
-    gen = {}
-    for key, cache in (("gen_cache", True), ("gen_nocache", False)):
-        times = measure(lambda c=cache: torch_generate(torch, model, prompt, n, c), warmup=1,
-                        min_repeats=m["gen_repeats"], max_repeats=m["gen_repeats"], budget_s=0)
-        gen[key] = {"times_s": times, "tokens": n}
-    return {"params": sum(p.numel() for p in params), "train": {"times_s": train,
-                                                               "tokens_per_step": B * T},
-            **gen, "memory_MiB": {"base": base, "after_model": after_model,
-                                 "peak_train": peak, "peak_is_train_only": exact}}
+    model.train()
+    res = _sw.train_and_generate(step, lambda c: torch_generate(torch, model, prompt, n, c), m,
+                                 base, after_model, before_generate=model.eval)
+    res["train"]["tokens_per_step"] = B * T
+    return dict(res, params=sum(p.numel() for p in params))
 
 
 # ------------------------------------------------------------------ entry point

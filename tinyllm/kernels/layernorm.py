@@ -26,7 +26,7 @@ import numpy as np
 from . import Kernel
 from ._check import contiguous, dout_like, floats, shape
 from ._family import GBPS, Family, Size, Work
-from ._nb import chunk, chunks, njit, one, prange, row_sum, zero
+from ._nb import SERIAL_WORK, chunk, chunks, njit, one, prange, row_sum, zero
 from ..errors import ShapeError
 
 NAME = "layernorm"
@@ -132,20 +132,33 @@ def _row_g_sums(gr, w, xr, mu, rs, pw, pb):
     return s1, s2
 
 
+@njit(inline="always", error_model="numpy")
+def _ln_fwd_row(x, w, b, cf, eps, y, mean, rstd, r):
+    row = x[r]
+    out = y[r]
+    mu = row_sum(row) / cf                               # pass 1: mean
+    var = _row_sq_dev(row, mu) / cf                       # pass 2: biased variance
+    rs = one(x) / np.sqrt(var + eps)
+    mean[r] = mu
+    rstd[r] = rs
+    for j in range(x.shape[1]):                           # pass 3: y
+        out[j] = (row[j] - mu) * rs * w[j] + b[j]
+
+
 @njit(parallel=True, error_model="numpy")
 def _ln_fwd_rows(x, w, b, cf, eps, y, mean, rstd, nchunks):
-    R, C = x.shape
+    R = x.shape[0]
     for c in prange(nchunks):
         for r in range(*chunk(c, nchunks, R)):
-            row = x[r]
-            out = y[r]
-            mu = row_sum(row) / cf                           # pass 1: mean
-            var = _row_sq_dev(row, mu) / cf                   # pass 2: biased variance
-            rs = one(x) / np.sqrt(var + eps)
-            mean[r] = mu
-            rstd[r] = rs
-            for j in range(C):                                # pass 3: y
-                out[j] = (row[j] - mu) * rs * w[j] + b[j]
+            _ln_fwd_row(x, w, b, cf, eps, y, mean, rstd, r)
+
+
+@njit(error_model="numpy")
+def _ln_fwd_rows_serial(x, w, b, cf, eps, y, mean, rstd):
+    """The same rows on this thread: for a few rows (a decoding step's one token per
+    sequence) a parallel loop costs more to launch than the rows take."""
+    for r in range(x.shape[0]):
+        _ln_fwd_row(x, w, b, cf, eps, y, mean, rstd, r)
 
 
 @njit(parallel=True, error_model="numpy")
@@ -184,8 +197,12 @@ def forward_numba(x, weight, bias, eps=1e-5):
         R = x2.shape[0]
         w = weight if weight is not None else np.ones(C, x.dtype)
         b = bias if bias is not None else np.zeros(C, x.dtype)
-        _ln_fwd_rows(x2, w, b, dt(C), dt(eps), y.reshape(x2.shape), mean.reshape(R),
-                     rstd.reshape(R), chunks(R))
+        args = (x2, w, b, dt(C), dt(eps), y.reshape(x2.shape), mean.reshape(R),
+                rstd.reshape(R))
+        if x2.size < SERIAL_WORK:
+            _ln_fwd_rows_serial(*args)
+        else:
+            _ln_fwd_rows(*args, chunks(R))
     return y, (x, weight, bias, mean, rstd)
 
 

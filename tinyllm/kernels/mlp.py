@@ -39,7 +39,7 @@ import numpy as np
 from . import Kernel
 from ._check import contiguous, dout_like, floats, ndim, shape
 from ._family import GFLOPS, Family, Size, Work
-from ._nb import chunk, chunks, fexp, njit, prange
+from ._nb import SERIAL_WORK, chunk, chunks, fexp, njit, prange
 from ..errors import ShapeError
 
 NAME = "mlp"
@@ -137,19 +137,28 @@ def _consts(dtype):
     return np.array([_S, _K, 3 * _K, 0.5, 1.0, 0.0], dtype)
 
 
+@njit(inline="always", error_model="numpy")
+def _bias_gelu_row(ar, b1, hr, s, k, onev):
+    m2s = -(onev + onev) * s                                  # -2 s
+    for j in range(ar.shape[0]):
+        u = ar[j] + b1[j]
+        ar[j] = u
+        hr[j] = u / (onev + fexp(m2s * (u + k * u * u * u)))      # u sigmoid(2y)
+
+
 @njit(parallel=True, error_model="numpy")
 def _bias_gelu_fwd(a, b1, h, cst, nchunks):
-    N, H = a.shape
-    s, k, onev = cst[0], cst[1], cst[4]
-    m2s = -(onev + onev) * s                                  # -2 s
+    N = a.shape[0]
     for c in prange(nchunks):
         for r in range(*chunk(c, nchunks, N)):
-            ar = a[r]
-            hr = h[r]
-            for j in range(H):
-                u = ar[j] + b1[j]
-                ar[j] = u
-                hr[j] = u / (onev + fexp(m2s * (u + k * u * u * u)))      # u sigmoid(2y)
+            _bias_gelu_row(a[r], b1, h[r], cst[0], cst[1], cst[4])
+
+
+@njit(error_model="numpy")
+def _bias_gelu_fwd_serial(a, b1, h, cst):
+    """The same rows on this thread (a few rows: a parallel launch would cost more)."""
+    for r in range(a.shape[0]):
+        _bias_gelu_row(a[r], b1, h[r], cst[0], cst[1], cst[4])
 
 
 @njit(parallel=True, error_model="numpy")
@@ -187,8 +196,11 @@ def forward_numba(x, W1, b1, W2, b2):
     y = np.empty((N, Co), x.dtype)
     np.matmul(x2, W1, out=a)
     if N:
-        _bias_gelu_fwd(a, b1 if b1 is not None else np.zeros(H, x.dtype), h, _consts(x.dtype),
-                       chunks(N))
+        args = (a, b1 if b1 is not None else np.zeros(H, x.dtype), h, _consts(x.dtype))
+        if a.size < SERIAL_WORK:
+            _bias_gelu_fwd_serial(*args)
+        else:
+            _bias_gelu_fwd(*args, chunks(N))
     np.matmul(h, W2, out=y)
     if b2 is not None:
         y += b2

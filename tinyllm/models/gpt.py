@@ -279,15 +279,15 @@ class GPT(Module):
     def _decode_arrays(self, new: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         """One token per sequence through every block, on plain arrays: the same equations
         as ``_trunk`` + ``_head`` for T = 1 (inference only: no dropout, no graph), by the
-        kernels' forwards: ``layernorm`` and ``mlp`` (their NumPy references: with B rows of
-        one token each, the Numba versions' parallel row loops cost more to launch than the
-        rows take, 3x slower decoding measured at B = 1, C = 128) and ``decode_attention``
-        (the current implementation) for the one query against the cache. Through Tensors it
-        was ~100 graph ops per token, which dominated decoding."""
+        kernels' forwards (the current implementation): ``layernorm``, ``mlp`` and
+        ``decode_attention`` for the one query against the cache. With B rows of one token
+        each, the Numba versions run their rows on this thread (a parallel launch would cost
+        more than the rows take). Through Tensors it was ~100 graph ops per token, which
+        dominated decoding."""
         cfg, t = self.config, self.transformer
         B, C, H = new.shape[0], cfg.n_embd, cfg.n_head
-        norm = kernels.get("layernorm", "numpy").forward
-        mlp = kernels.get("mlp", "numpy").forward
+        norm = kernels.get("layernorm").forward
+        mlp = kernels.get("mlp").forward
         attend = kernels.get("decode_attention").forward
 
         def ln(x, layer):                                            # (B, C) -> (B, C)

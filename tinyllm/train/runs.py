@@ -58,7 +58,6 @@ class GPTModel:
 
 
 @dataclass(frozen=True)
-@dataclass(frozen=True)
 class RNNModel:
     """The attention RNN's shape: ``RNNConfig``'s fields but ``vocab_size`` and ``max_len``
     (the task decides them) and ``d_mlp`` / ``d_ff`` (not settings: they stay at their
