@@ -7,9 +7,10 @@ Each round runs ``tinyllm bench --no-torch`` (``--quick`` unless ``--full``) onc
 tree, alternating OLD, NEW, NEW, OLD, ... so that a drift of the machine hits both alike;
 every run is a process of its own (``PYTHONPATH`` points at the tree). For each kernel row
 (family, size, implementation, pass), and for each end-to-end figure of ``--only e2e``
-(training step, generation with and without the KV cache), it prints the median time over the rounds of each tree
-and the ratio NEW / OLD (< 1: the new tree is faster), plus the spread of the per-round
-ratios. A refactor that changes nothing should give ratios within the rounds' own spread.
+(training step, generation with and without the KV cache), it prints the median time over
+the rounds of each tree and the ratio NEW / OLD (< 1: the new tree is faster), plus the
+spread of the per-round ratios. A refactor that changes nothing should give ratios within
+the rounds' own spread.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class MulOneBadElement(tl.Function):
 
 
 def naive_sum_check(fn, x, eps=1e-6, tol=1e-6):
-    """The check DESIGN.md forbids: compare the backward of fn(x).sum() with central
+    """The check docs/DESIGN.md forbids: compare the backward of fn(x).sum() with central
     differences of fn(x).sum()."""
     t = tl.Tensor(x.copy(), requires_grad=True)
     fn(t).sum().backward()

@@ -1,4 +1,4 @@
-"""Imports only point down the layers of DESIGN.md section 2."""
+"""Imports only point down the layers of docs/DESIGN.md section 2."""
 import ast
 import pathlib
 
@@ -35,7 +35,7 @@ MODULES = [p for p in PKG.rglob("*.py") if _layer(p) != "__init__"]
 @pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PKG)) for p in MODULES])
 def test_imports_point_down(path):
     mine = _layer(path)
-    assert mine in RANK, f"{mine} has no rank in DESIGN.md section 2"
+    assert mine in RANK, f"{mine} has no rank in docs/DESIGN.md section 2"
     for other in _imported_layers(path):
         if other in RANK and other != mine:
             assert RANK[other] <= RANK[mine], f"{path.name} (rank {RANK[mine]}) imports " \

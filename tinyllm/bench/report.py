@@ -20,8 +20,8 @@ import math
 import os
 import tempfile
 
-IMPL_ORDER = ("numpy", "numba", "cupy", "torch", "torch-inproc")
-IMPL_STYLE = {"numpy": ("tab:gray", "s"), "numba": ("tab:blue", "o"), "cupy": ("tab:green", "D"),
+IMPL_ORDER = ("numpy", "numba", "torch", "torch-inproc")
+IMPL_STYLE = {"numpy": ("tab:gray", "s"), "numba": ("tab:blue", "o"),
               "torch": ("tab:red", "^"), "torch-inproc": ("tab:orange", "v")}
 
 

@@ -1,4 +1,4 @@
-"""Data for tinyllm: tokenizers, corpora, batches and synthetic tasks (DESIGN.md rank 5).
+"""Data for tinyllm: tokenizers, corpora, batches and synthetic tasks (docs/DESIGN.md rank 5).
 
     from tinyllm.data import BPETokenizer, load_corpus, train_val_split, encode_text, get_batch
     text = load_corpus()                              # embedded ~460 KB default corpus

@@ -1,5 +1,5 @@
 """Atomic JSON files for tokenizers: write a temporary file in the same folder, fsync it,
-then ``os.replace`` it over the target, so a crash never leaves a half-written file (DESIGN.md
+then ``os.replace`` it over the target, so a crash never leaves a half-written file (docs/DESIGN.md
 section 7)."""
 from __future__ import annotations
 

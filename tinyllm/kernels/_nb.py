@@ -284,5 +284,5 @@ def chunk(c, nchunks, rows):
 
 
 __all__ = ["HAVE_NUMBA", "LANES", "lane_max", "lane_sum", "lane_dot", "row_sum", "dot",
-           "chunks", "chunk", "SERIAL_WORK", "njit", "prange", "num_threads", "fexp", "ftanh", "neg_inf",
-           "zero", "one"]
+           "chunks", "chunk", "SERIAL_WORK", "njit", "prange", "num_threads", "fexp", "ftanh",
+           "neg_inf", "zero", "one"]

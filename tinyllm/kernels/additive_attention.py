@@ -8,7 +8,7 @@
     c    = sum_i a_i x_i                                     context (B, Dx)
 
 The document writes W_q^T h + W_k^T x_i; tinyllm keeps the ``x @ W`` layout of Linear, so
-W_q is (Dh, A) and W_k is (Dx, A). The query h is the RNN state h_{t-1} (DESIGN.md §1), and
+W_q is (Dh, A) and W_k is (Dx, A). The query h is the RNN state h_{t-1} (docs/DESIGN.md §1), and
 x_1..x_S are at once the keys and the values.
 
 ``mask`` (B, S) bool, True = may attend. Masked scores are -inf, so their alpha is exactly 0.
@@ -132,7 +132,7 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("h", "x", "W_q", "
 # each parallel function costs seconds of cold compile for little gain.
 #
 # Dot products are _nb.dot, compiled with fastmath {'reassoc', 'contract'} (a plain sum,
-# DESIGN.md §6) so they vectorise; 16 lane accumulators, as in softmax, were ~4x slower on
+# docs/DESIGN.md §6) so they vectorise; 16 lane accumulators, as in softmax, were ~4x slower on
 # rows of 128.
 #
 # Why NumPy's tanh: _nb.ftanh inside the loop measured slower at B=64 S=20 A=128 on this

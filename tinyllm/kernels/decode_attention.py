@@ -109,8 +109,8 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("q", "k_cache", "v
 # ---------------------------------------------------------------- Numba CPU
 # Per head (b, h): the scores are L dot products over the first L cache rows (_nb.dot,
 # vectorised with reassociation), the softmax's exp is one vectorised fexp pass and its sum
-# uses 16 lane accumulators (_nb.lane_sum), and the output is one BLAS matrix-vector product over the first L value rows
-# (a contiguous slice, no copy).
+# uses 16 lane accumulators (_nb.lane_sum), and the output is one BLAS matrix-vector
+# product over the first L value rows (a contiguous slice, no copy).
 
 _PARALLEL_WORK = 1 << 17      # BH * L * hs above which the prange version is used
 

@@ -68,7 +68,7 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, None, INPUTS)
 
 # ---------------------------------------------------------------- Numba CPU
 
-@njit(fastmath={"reassoc"})   # a plain sum: reassociation lets it vectorise (DESIGN.md §6)
+@njit(fastmath={"reassoc"})   # a plain sum: reassociation lets it vectorise (docs/DESIGN.md §6)
 def _sumsq_f32(a):
     acc = 0.0                                            # float64 on purpose: the accumulator
     for i in range(a.size):

@@ -1,5 +1,5 @@
 """The document's model (sections 4.1-4.2): an autoregressive RNN with attention, as
-DESIGN.md section 1 pins it down.
+docs/DESIGN.md section 1 pins it down.
 
 Per position t = 0, 1, ..., T-1 of a token sequence ``idx`` (0-based here; the document
 counts from 1, so its h_0 is our state before position 0):
@@ -15,7 +15,7 @@ counts from 1, so its h_0 is our state before position 0):
 ``logits[:, t]`` (= g_t W_o + b_o; the loss applies the softmax through cross-entropy)
 predicts token t+1. Choices the document leaves open, fixed here:
 
-- The query is h_{t-1}, not h_t, because h_t depends on a_t (Bahdanau; DESIGN.md §1).
+- The query is h_{t-1}, not h_t, because h_t depends on a_t (Bahdanau; docs/DESIGN.md §1).
 - x_i are at once the keys and the values, and the key set at step t is x_0..x_t: the
   current token is visible to its own attention, the future is not.
 - The MLP of (4.1a) has one hidden layer (width ``d_mlp``, GELU) and a tanh output, so h
@@ -60,7 +60,7 @@ The sizes are data: ``RNNConfig`` (a dataclass beside ``GPTConfig``) holds them,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,6 +69,7 @@ from ..autograd import Tensor, no_grad
 from ..autograd import functional as F
 from ..errors import ShapeError
 from ..nn import Module, Parameter
+from ._config import ConfigDict
 
 __all__ = ["AttentionRNN", "RNNConfig", "RNNState", "SCORES"]
 
@@ -81,7 +82,7 @@ def _positive_int(v) -> bool:
 
 
 @dataclass
-class RNNConfig:
+class RNNConfig(ConfigDict):
     """The attention RNN's sizes and choices (see the module docstring for the symbols)."""
     vocab_size: int              # V: number of token ids
     max_len: int                 # the longest sequence (rows of wpe)
@@ -116,20 +117,6 @@ class RNNConfig:
     def ff_width(self) -> int:
         """The width of f in (4.1b): d_ff, or d_hidden when None."""
         return self.d_hidden if self.d_ff is None else self.d_ff
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RNNConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"RNNConfig.from_dict: unknown fields {', '.join(unknown)}")
-        missing = [n for n in ("vocab_size", "max_len") if n not in d]
-        if missing:
-            raise ValueError(f"RNNConfig.from_dict: missing fields {', '.join(missing)}")
-        return cls(**d)
 
 
 class RNNState:

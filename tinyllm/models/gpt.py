@@ -39,7 +39,7 @@ absolute-position embedding, and cropping changes all of those positions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,10 +48,11 @@ from ..autograd import Tensor, no_grad
 from ..autograd import functional as F
 from ..errors import ShapeError
 from ..nn import Block, Dropout, Embedding, LayerNorm, Module, ModuleList
+from ._config import ConfigDict
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     vocab_size: int          # V: number of token ids
     block_size: int          # the longest context (rows of wpe)
     n_layer: int             # L: transformer blocks
@@ -76,21 +77,6 @@ class GPTConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"GPTConfig.from_dict: unknown fields {', '.join(unknown)}")
-        missing = [f.name for f in fields(cls) if f.name not in d
-                   and f.name not in ("dropout", "bias")]
-        if missing:
-            raise ValueError(f"GPTConfig.from_dict: missing fields {', '.join(missing)}")
-        return cls(**d)
 
 
 class KVCache:

@@ -1,15 +1,8 @@
 """Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019), with PyTorch's semantics.
 
-For a parameter p with gradient g, at step t = 1, 2, ... (per parameter):
-
-    Adam  (L2):        g <- g + wd * p                   # weight decay joins the gradient
-    AdamW (decoupled): p <- p * (1 - lr * wd)            # weight decay shrinks p directly
-    m <- b1 * m + (1 - b1) * g                           # first moment  (exp_avg)
-    v <- b2 * v + (1 - b2) * g * g                       # second moment (exp_avg_sq)
-    p <- p - (lr / (1 - b1**t)) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)
-
-m and v start at zero; the two ``1 - b**t`` factors undo that start's bias toward zero.
-Under Adam's L2 the decay is divided by sqrt(v) like the gradient, so parameters with large
+The update's equations are in the ``adam`` kernel family's docstring
+(``tinyllm.kernels.adam``). m and v start at zero; the two ``1 - b**t`` factors undo that
+start's bias toward zero. Under Adam's L2 the decay is divided by sqrt(v) like the gradient, so parameters with large
 gradients are barely decayed; AdamW's decoupled decay shrinks every parameter by the same
 factor. The bias correction and the order of operations follow ``torch.optim.Adam`` (its
 single-tensor path), so float64 results agree with PyTorch to rounding.

@@ -1,20 +1,11 @@
-"""Stochastic gradient descent with momentum, PyTorch's semantics (``torch.optim.SGD``).
+"""Stochastic gradient descent with momentum, PyTorch's semantics (``torch.optim.SGD``):
+weight decay as L2 added to the gradient, an optional momentum buffer (Nesterov or not, with
+dampening), and lr multiplying the buffer (PyTorch's form, Sutskever et al. 2013).
 
-For a parameter p with gradient g:
-
-    g <- g + wd * p                          # weight_decay is L2, added to the gradient
-    if momentum != 0:
-        b <- g                               at the first step (no dampening yet)
-        b <- momentum * b + (1 - dampening) * g   afterwards       (momentum_buffer)
-        g <- g + momentum * b   if nesterov  else  b
-    p <- p - lr * g
-
-This is PyTorch's form, where lr multiplies the buffer (Sutskever et al. 2013); some texts put
-lr inside the buffer instead, which differs when lr changes during training.
-
-The update itself is the ``sgd`` kernel family (``tinyllm.kernels.sgd``): the NumPy
-reference (``sgd_reference``, the specification) and a one-pass Numba version that rounds the
-same way; the kernel registry picks one unless ``fused`` says otherwise.
+The update's equations, and the update itself, are the ``sgd`` kernel family
+(``tinyllm.kernels.sgd``): the NumPy reference (``sgd_reference``, the specification) and a
+one-pass Numba version that rounds the same way; the kernel registry picks one unless
+``fused`` says otherwise.
 """
 from __future__ import annotations
 
