@@ -9,10 +9,10 @@ from .autograd import *  # noqa: F401,F403
 from .autograd import __all__ as _autograd_all
 from .autograd import functional
 from .errors import AnomalyError, GradcheckError, ShapeError
-from . import kernels, nn, models, optim, data, train, infer  # noqa: E402,I001  (the layers)
+from . import runtime, kernels, nn, models, optim, data, train, infer  # noqa: E402,I001
 from .infer import beam_search, generate
 
 __version__ = "0.1.0"
 __all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional",
-                                 "kernels", "nn", "models", "optim", "data", "train", "infer",
-                                 "generate", "beam_search"]
+                                 "runtime", "kernels", "nn", "models", "optim", "data", "train",
+                                 "infer", "generate", "beam_search"]

@@ -95,6 +95,8 @@ def main(name: str, argv=None) -> int:
     p.add_argument("--impl", action="append", help="only these implementations")
     p.add_argument("--no-time", action="store_true", help="check only")
     args = p.parse_args(argv)
+    from .. import runtime
+    runtime.configure()          # the layer tinyllm bench and the command line run Numba on
     dtype = np.dtype(args.dtype)
     impls = [i for i in available(name) if not args.impl or i in args.impl]
     print(f"{name}: {dtype}, {args.sizes} sizes, implementations {', '.join(impls)}, "

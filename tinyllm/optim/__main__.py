@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=30)
     a = ap.parse_args(argv)
+    from .. import runtime
+    runtime.configure()          # the layer tinyllm bench and the command line run Numba on
     if a.params < 1000 or a.repeat < 1:
         print("python -m tinyllm.optim: --params must be >= 1000 and --repeat >= 1",
               file=sys.stderr)
