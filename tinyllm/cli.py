@@ -202,6 +202,9 @@ def cmd_train(args) -> int:
             raise UsageError(f"--resume: {e}") from None
         for line in resume_changes(saved, p):
             print(line)
+        if p.train.max_steps > saved.get("max_steps", p.train.max_steps):
+            print(f"(the learning-rate schedule still ends at step {saved['max_steps']}; the "
+                  f"steps after it run at min_lr)")
     s = p.settings()
     if args.model == "gpt":
         try:

@@ -21,7 +21,9 @@ A NaN or Inf loss (or gradient norm) stops training with ``TrainingError`` befor
 applied; no checkpoint is written after it, so the last good one stays as it was.
 
 Ctrl-C (SIGINT, or a ``KeyboardInterrupt`` from a notebook's interrupt) during ``fit()`` is
-taken at the next step boundary: the trainer writes ``last/`` (atomically, as at a
+taken at the next step boundary (a ``KeyboardInterrupt`` raised inside a step's forward or
+backward pass puts the step back: the batch and dropout Generators return to their state
+before it): the trainer writes ``last/`` (atomically, as at a
 validation), says so, and re-raises ``KeyboardInterrupt`` (``tinyllm train`` then exits 130).
 ``resume`` continues from that step and gives the same losses and weights as a run that was
 never interrupted. A second Ctrl-C while the first is being handled stops at once.
@@ -278,13 +280,17 @@ class Trainer:
         self._interval_start()
         self.model.train()
         self._sigint = False
-        self._clean = True               # no step half done: the state is a step boundary
+        self._phase = "boundary"         # boundary | forward (undoable) | update (not)
+        gens = [self.rng] + list(model_rngs(self.model).values())
         restore = self._catch_sigint()
         try:
             while self.step < c.max_steps:
                 if self._sigint:
                     raise KeyboardInterrupt
-                self._clean = False      # the batch and dropout Generators move from here
+                # the batch and dropout Generators move from here: keep their states, so
+                # an interrupt before the update can put the step back
+                self._snap = [(g, rng_state(g)) for g in gens]
+                self._phase = "forward"
                 x, y = self.train_batch(self.rng)
                 _, loss = self.model(x, y)
                 lv = float(loss.data)
@@ -298,10 +304,11 @@ class Trainer:
                 if not math.isfinite(norm):
                     raise TrainingError(self._diverged(f"the gradient norm is {norm}"))
                 lr = self.opt.param_groups[0]["lr"]
+                self._phase = "update"   # the weights change: no way back from here
                 self.opt.step()
                 self.sched.step()
                 self.step += 1
-                self._clean = True
+                self._phase = "boundary"
                 self._last_lr = lr
                 res.tokens += int(np.size(x))
                 res.losses.append((self.step, lv))
@@ -386,10 +393,14 @@ class Trainer:
 
     def _on_interrupt(self) -> None:
         """Save ``last/`` when the interrupt came at a step boundary, and say so."""
-        if not self._clean:
-            self._emit(f"interrupted during step {self.step + 1}: nothing saved (the last "
-                       f"checkpoint is as it was)")
+        if self._phase == "update":      # only without the SIGINT handler (another thread)
+            self._emit(f"interrupted during the update of step {self.step + 1}: nothing "
+                       f"saved (the last checkpoint is as it was)")
             return
+        if self._phase == "forward":     # undo the half step: the Generators go back
+            for g, st in self._snap:
+                set_rng_state(g, st)
+            self._phase = "boundary"
         if not self.out_dir:
             self._emit(f"interrupted at step {self.step} (no out_dir: nothing saved)")
             return
