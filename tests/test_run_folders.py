@@ -282,6 +282,16 @@ def test_fit_from_python_reports_progress(tmp_path):
     assert "sample at step 10: 'abc'" in lines                   # sample_every=5: the end
 
 
+def test_a_fresh_fit_does_not_join_an_old_metrics_file(tmp_path):
+    from test_trainer import DATA, Tiny
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')
+    batch = _Interrupting(DATA, 0)
+    cfg = TrainConfig(max_steps=3, lr=3e-2, warmup_steps=1, eval_every=3, log_every=1,
+                      progress=False)
+    Trainer(Tiny(), batch, batch, cfg, out_dir=str(tmp_path), log=None).fit()
+    assert _train_steps(tmp_path) == [1, 2, 3]
+
+
 def test_the_progress_bar_stays_on_screen():
     t = Trainer(__import__("test_trainer").Tiny(), None, None,
                 TrainConfig(max_steps=3))

@@ -10,7 +10,8 @@ stopping, metrics, loss curves and safe resumable checkpoints.
 each validation sees the same batches and val losses are comparable across steps.
 ``model(x, y)`` must return ``(logits, loss)``.
 
-Resuming is bitwise: a checkpoint holds the weights, the optimiser's moments and steps, the
+A fresh run (step 0, not resumed) starts ``metrics.jsonl`` afresh; ``resume`` keeps its lines
+up to the checkpoint's step. Resuming is bitwise: a checkpoint holds the weights, the optimiser's moments and steps, the
 schedule, the batch Generator's state (the data position), every Generator the model owns
 (dropout), the early-stopping counters and the step. Running N steps straight, or k steps,
 then ``resume`` in a new process, then the rest, gives the same losses and the same weights
@@ -175,6 +176,7 @@ class Trainer:
         self.sample = sample
         self._bar = None
         self._sigint = False             # a Ctrl-C is waiting for the step boundary
+        self._resumed = False
         c = self.cfg
         groups = optim.param_groups_for_decay(
             [(n, p) for n, p in model.named_parameters() if p.requires_grad], c.weight_decay)
@@ -228,6 +230,7 @@ class Trainer:
         self.best_val = _from_json_float(es.get("best_val"))
         self.best_step = int(es.get("best_step", -1))
         self.bad_evals = int(es.get("bad_evals", 0))
+        self._resumed = True
         if self.out_dir:
             self._truncate_metrics(self.step)
         return self
@@ -275,6 +278,8 @@ class Trainer:
         lines, the progress bar and what Ctrl-C does."""
         c = self.cfg
         res = TrainResult(steps=self.step)
+        if self.step == 0 and not self._resumed:
+            self._truncate_metrics(0)    # a fresh run: an old metrics.jsonl is not joined
         self._bar = bar = self._make_bar()
         t0 = time.perf_counter()
         self._interval_start()
