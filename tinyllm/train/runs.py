@@ -16,8 +16,13 @@ type (``Preset.with_overrides``). The flat ``{setting: value}`` dict (``Preset.s
 is stored as ``meta["settings"]`` in every checkpoint, so ``--resume`` and ``tinyllm
 generate`` rebuild exactly the model that was trained (``Preset.from_settings``; a setting
 missing from an older checkpoint takes its field's default). A field declared with
-``resumable(...)`` (``tinyllm.train.trainer``) is one a resumed run may change
-(``resume_preset``); every other setting stays as the checkpoint has it.
+``resumable(...)`` (``tinyllm.train.trainer``) is one a resumed run may change, and only when
+it is given again explicitly (``resume_preset``; ``resume_changes`` lists the changes to
+print); a plain resume continues the run exactly as it was configured.
+
+A run folder (``prepare_run_folder``) is created with its parents; one that already holds a
+run (``RUN_ENTRIES``: last/, best/, metrics.jsonl, loss.png) is refused unless the run is
+resumed or overwritten, and overwriting removes those entries only, never anything else.
 """
 from __future__ import annotations
 
