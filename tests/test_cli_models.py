@@ -90,7 +90,7 @@ def test_generate_continues_the_prompt(run_dir, capsys):
     (["train", "--model", "gpt", "--config", "huge", "--out", "{d}/r"], 2, "unknown --config"),
     (["train", "--model", "lstm"], 2, "invalid choice"),
     (["train", "--model", "gpt", "stray", "--out", "{d}/r"], 2, "unrecognized argument"),
-    (["train", "--model", "gpt", "--resume", "--out", "{d}/fresh"], 1, "does not exist"),
+    (["train", "--model", "gpt", "--resume", "--out", "{d}/fresh"], 2, "does not exist"),
     (["generate", "--checkpoint", "{d}/broken", "--prompt", "it"], 1, "truncated or corrupt"),
     (["demo", "--out", "{d}/text.txt"], 2, "not a folder"),
     (["frobnicate"], 2, "invalid choice"),
@@ -152,9 +152,9 @@ RNN_SETTINGS = {"task", "n_symbols", "min_len", "max_len", "d_embed", "d_hidden"
                 "score", "attention", "batch_size", "n_train", "dtype"}
 TRAIN_SETTINGS = {"max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1",
                   "beta2", "grad_clip", "eval_every", "eval_batches", "patience", "seed",
-                  "log_every", "time_limit", "stop_at", "progress"}
+                  "log_every", "time_limit", "stop_at", "progress", "sample_every"}
 RESUMABLE = ["max_steps", "eval_every", "eval_batches", "patience", "log_every",
-             "time_limit", "stop_at", "progress"]
+             "time_limit", "stop_at", "progress", "sample_every"]
 
 
 def test_presets_are_three_dataclasses_with_the_usual_settings():

@@ -126,8 +126,15 @@ def cmd_taylor(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    import os
+
     from .train.demo import demo
     _writable_dir(args.out, "--out")
+    try:
+        os.makedirs(args.out, exist_ok=True)     # and any missing parent folders
+    except OSError as e:
+        raise UsageError(f"--out {args.out!r}: cannot create the folder "
+                         f"({e.strerror or e})") from None
     runtime.configure(keep_freed_memory=True)
     budget = {}
     if args.quick:                      # a smoke run: seconds, not minutes
@@ -137,13 +144,16 @@ def cmd_demo(args) -> int:
 
 
 def _writable_dir(path, flag):
+    """Refuse a ``path`` that is a file, or whose nearest existing folder is not writable
+    (missing folders are created later)."""
     import os
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} {path!r} exists and is not a folder")
-    parent = os.path.dirname(os.path.abspath(path))
-    probe = path if os.path.isdir(path) else parent
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise UsageError(f"{flag} {path!r}: the folder {parent!r} does not exist")
+        raise UsageError(f"{flag} {path!r}: {probe!r} is a file, not a folder")
     if not os.access(probe, os.W_OK):
         raise UsageError(f"{flag} {path!r} is not writable")
 
@@ -153,15 +163,14 @@ def cmd_train(args) -> int:
 
     from .data import load_corpus
     from .train.checkpoint import CheckpointError, load_checkpoint
-    from .train.runs import SettingsError, gpt_trainer, make_preset, resume_preset
-    from .train.runs import rnn_trainer, unigram_baseline
-    _writable_dir(args.out, "--out")
+    from .train.runs import (SettingsError, gpt_trainer, make_preset, prepare_run_folder,
+                             resume_changes, resume_preset, rnn_trainer, unigram_baseline)
     runtime.configure(keep_freed_memory=True)
     if args.model == "rnn" and args.data:
         raise UsageError("--data is for --model gpt; the RNN trains on a synthetic task "
                          "(choose it with --config reversal|reversal-long|copy)")
     preset = args.config or ("small" if args.model == "gpt" else "reversal")
-    try:
+    try:                                 # the settings first: a bad one touches no folder
         p = make_preset(args.model, preset, args.settings)
     except SettingsError as e:
         raise UsageError(str(e)) from None
@@ -170,19 +179,32 @@ def cmd_train(args) -> int:
             load_corpus(args.data)
         except (OSError, ValueError) as e:
             raise UsageError(str(e)) from None
+    _writable_dir(args.out, "--out")
+    try:
+        done = prepare_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+    except SettingsError as e:
+        raise UsageError(str(e)) from None
+    if done:
+        print(done)
     if args.resume:
         try:
             _, _, meta = load_checkpoint(args.out)
         except CheckpointError as e:
-            raise RuntimeError(f"--resume: {e}") from None
+            raise UsageError(f"--resume: {e}") from None
         if meta.get("model", {}).get("type") != args.model:
             raise UsageError(f"--resume: {args.out} holds a {meta.get('model', {}).get('type')}"
                              f" run, not --model {args.model}")
         explicit = {kv.split("=", 1)[0].lstrip("-").replace("-", "_") for kv in args.settings}
-        try:        # which settings a resume may change: the fields declared resumable
-            p = resume_preset(p, meta.get("settings", {}), explicit, strict=bool(args.config))
+        saved = meta.get("settings", {})
+        try:        # the run's own settings, but those given again (resumable ones only)
+            p = resume_preset(p, saved, explicit, strict=bool(args.config))
         except SettingsError as e:
             raise UsageError(f"--resume: {e}") from None
+        for line in resume_changes(saved, p):
+            print(line)
+        if p.train.max_steps > saved.get("max_steps", p.train.max_steps):
+            print(f"(the learning-rate schedule still ends at step {saved['max_steps']}; the "
+                  f"steps after it run at min_lr)")
     s = p.settings()
     if args.model == "gpt":
         try:
@@ -199,11 +221,17 @@ def cmd_train(args) -> int:
               f"{trainer.model.num_parameters():,} parameters")
     if args.resume:
         print(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
-    r = trainer.fit()
+    try:
+        r = trainer.fit()
+    except KeyboardInterrupt:            # the trainer saved last/ and said so
+        print(f"tinyllm: interrupted; continue with: tinyllm train --model {args.model} "
+              f"--out {args.out} --resume", file=sys.stderr)
+        return 130
     last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
+    bits = trainer.bits(r.best_val)
     print(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
-          f"{r.best_val:.4f} at step {r.best_step}; {r.seconds:.1f} s, "
-          f"{r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s")
+          f"{r.best_val:.4f}{f' ({bits[0]:.3f} bits/{bits[1]})' if bits else ''} at step "
+          f"{r.best_step}; {r.seconds:.1f} s, {r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s")
     if args.model == "rnn":
         from .train.seq_tasks import evaluate_exact_match
         print(f"held-out exact match {evaluate_exact_match(trainer.model, held) * 100:.1f}%")
@@ -279,8 +307,13 @@ def _parser():
     tr.add_argument("--data", help="a UTF-8 text file (GPT; default: the embedded corpus)")
     tr.add_argument("--config", help="preset: small|medium|tiny (gpt), "
                     "reversal|reversal-long|copy (rnn)")
-    tr.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--out", default="runs/latest", help="run folder, created with its parents "
+                    "(default runs/latest); one that holds a run needs --resume or --overwrite")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out with its "
+                    "own settings; --key=value changes a resumable one (default off)")
+    tr.add_argument("--overwrite", action="store_true", help="delete the run in --out "
+                    "(checkpoints, metrics.jsonl, loss.png; nothing else) and start over "
+                    "(default off)")
     tr.set_defaults(run=cmd_train)
     ge = sub.add_parser("generate", help="continue a prompt from a checkpoint")
     ge.add_argument("--checkpoint", required=True, help="a run folder or checkpoint folder")

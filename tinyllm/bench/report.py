@@ -134,10 +134,21 @@ def _clean(x):
     return x
 
 
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json(result, path: str) -> None:
+    """Write ``result`` as JSON at ``path`` atomically (a temporary file beside it, then
+    renamed), with the mode a plain ``open`` would give (0644 under the usual umask; mkstemp
+    alone makes it 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(result), f, indent=1)
             f.write("\n")

@@ -16,8 +16,13 @@ type (``Preset.with_overrides``). The flat ``{setting: value}`` dict (``Preset.s
 is stored as ``meta["settings"]`` in every checkpoint, so ``--resume`` and ``tinyllm
 generate`` rebuild exactly the model that was trained (``Preset.from_settings``; a setting
 missing from an older checkpoint takes its field's default). A field declared with
-``resumable(...)`` (``tinyllm.train.trainer``) is one a resumed run may change
-(``resume_preset``); every other setting stays as the checkpoint has it.
+``resumable(...)`` (``tinyllm.train.trainer``) is one a resumed run may change, and only when
+it is given again explicitly (``resume_preset``; ``resume_changes`` lists the changes to
+print); a plain resume continues the run exactly as it was configured.
+
+A run folder (``prepare_run_folder``) is created with its parents; one that already holds a
+run (``RUN_ENTRIES``: last/, best/, metrics.jsonl, loss.png) is refused unless the run is
+resumed or overwritten, and overwriting removes those entries only, never anything else.
 """
 from __future__ import annotations
 
@@ -322,20 +327,96 @@ def _split(item: str):
 
 def resume_preset(p: Preset, saved: dict, explicit=(), strict: bool = False) -> Preset:
     """The preset a resumed run goes on with, from the one asked for (``p``) and the
-    checkpoint's settings (``saved``, a flat dict). Resumable settings take ``p``'s values;
-    any other setting keeps the checkpoint's. A non-resumable setting that differs from the
-    checkpoint's raises ``SettingsError`` when it was given explicitly (its name is in
-    ``explicit``) or when ``strict`` (a preset was named); otherwise the checkpoint's value
-    is kept silently. Settings the checkpoint lacks (older runs) take ``p``'s values."""
+    checkpoint's settings (``saved``, a flat dict). A resumed run continues the run as it
+    was configured: every setting keeps the checkpoint's value, except
+
+    - a resumable setting given explicitly (its name is in ``explicit``, e.g. ``--resume
+      --max_steps=400``) takes ``p``'s value (``resume_changes`` lists them for printing);
+    - an invocation setting (``progress``, ``stop_at``, ``time_limit``: they belong to one
+      process) takes ``p``'s value, the default unless given;
+    - a setting the checkpoint lacks (older runs) takes ``p``'s value.
+
+    A non-resumable setting that differs from the checkpoint's raises ``SettingsError`` when
+    it was given explicitly or when ``strict`` (a preset was named); otherwise the
+    checkpoint's value is kept silently."""
     s = p.settings()
-    may = set(Preset.resumable_names(p.kind))
+    known = Preset.setting_fields(p.kind)
+    may = {k for k, (_, f) in known.items() if f.metadata.get("resumable")}
+    per_process = {k for k, (_, f) in known.items() if f.metadata.get("invocation")}
     changed = [k for k in saved if k in s and s[k] != saved[k] and k not in may]
     bad = [k for k in changed if k in explicit or strict]
     if bad:
         raise SettingsError(f"{', '.join(bad)} differ from the checkpoint's; a resumed run "
                             f"keeps its model and data settings")
-    merged = dict(saved, **{k: s[k] for k in s if k not in saved or k not in changed})
+    merged = dict(saved)
+    for k, v in s.items():
+        if k not in saved or k in per_process or (k in may and k in explicit):
+            merged[k] = v
     return Preset.from_settings(p.kind, merged)
+
+
+def resume_changes(saved: dict, p: Preset) -> list:
+    """``["max_steps: 300 -> 400", ...]``: the run's settings (not the per-process ones)
+    that a resumed preset ``p`` changes from the checkpoint's ``saved``."""
+    known = Preset.setting_fields(p.kind)
+    return [f"{k}: {saved[k]} -> {v}" for k, v in p.settings().items()
+            if k in saved and saved[k] != v and not known[k][1].metadata.get("invocation")]
+
+
+# ------------------------------------------------------------------ run folders
+
+# What ``tinyllm train`` writes in a run folder (and the leftovers of an interrupted atomic
+# checkpoint swap). ``--overwrite`` removes these and nothing else.
+RUN_ENTRIES = ("last", "best", "last.tmp", "last.old", "best.tmp", "best.old",
+               "metrics.jsonl", "loss.png")
+
+
+def prepare_run_folder(out: str, resume: bool = False, overwrite: bool = False) -> str:
+    """Make ``out`` ready for a run and say what was done (one line, or "" for nothing).
+
+    A new or empty folder is used as it is (missing parent folders are created). A folder
+    that already holds a run is refused unless ``resume`` (continue it) or ``overwrite``
+    (remove the old run's checkpoints, metrics and plot, then start clean). A non-empty
+    folder holding anything else is refused even with ``overwrite``: nothing is deleted
+    that a run did not write. Hidden files (``.DS_Store`` and the like) are ignored and
+    kept. Problems raise ``SettingsError`` naming the folder."""
+    import os
+    import shutil
+    if resume and overwrite:
+        raise SettingsError("--resume continues the run in --out and --overwrite starts it "
+                            "over; pass one of them")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SettingsError(f"--out {out!r} exists and is not a folder")
+    if resume:
+        if not os.path.isdir(out):
+            raise SettingsError(f"--resume: the run folder {out!r} does not exist; start the "
+                                f"run without --resume")
+        return ""
+    entries = sorted(e for e in os.listdir(out) if not e.startswith(".")) \
+        if os.path.isdir(out) else []
+    if entries:
+        foreign = [e for e in entries if e not in RUN_ENTRIES]
+        if foreign:
+            raise SettingsError(f"--out {out!r} is not empty and is not a run folder (it "
+                                f"holds {foreign[0]!r}); choose a new or empty folder")
+        if not overwrite:
+            raise SettingsError(f"--out {out!r} already holds a run ({', '.join(entries)}); "
+                                f"pass --resume to continue it or --overwrite to start over")
+        for e in entries:
+            path = os.path.join(out, e)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        return f"--overwrite: removed the old run in {out} ({', '.join(entries)})"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise SettingsError(f"--out {out!r}: cannot create the folder "
+                            f"({e.strerror or e})") from None
+    if not os.access(out, os.W_OK):
+        raise SettingsError(f"--out {out!r} is not writable")
+    return ""
 
 
 # ------------------------------------------------------------------ models
@@ -419,13 +500,36 @@ def gpt_trainer(p: Preset, data_path: str | None, out: str | None, resume: bool 
     B, T = p.data.batch_size, p.model.block_size
     trainer = Trainer(model, lambda rng: get_batch(train, B, T, rng),
                       lambda rng: get_batch(val, B, T, rng), _train_config(p, train_extra),
-                      out_dir=out, log=log,
+                      out_dir=out, log=log, unit=token_unit(tok, val),
+                      sample=_sampler(tok, val),
                       meta={"model": {"type": "gpt", "config": model.config.to_dict()},
                             "settings": p.settings(), "tokenizer": tok.to_dict(),
                             "data": data_path or "embedded"})
     if resume:
         trainer.resume(out)
     return trainer, tok, train, val
+
+
+def token_unit(tok, val_ids: np.ndarray) -> tuple:
+    """What one token stands for, for bits per unit beside a loss in nats per token:
+    ("char", 1.0) for the character tokenizer; ("byte", mean UTF-8 bytes per token of the
+    validation ids) for BPE (bits/byte = nats/token / ln 2 / bytes per token), so char and
+    BPE runs compare."""
+    if isinstance(tok, BPETokenizer):
+        lens = np.array([len(tok.token_bytes(i)) for i in range(tok.vocab_size)], np.float64)
+        return "byte", float(lens[np.asarray(val_ids)].mean())
+    return "char", 1.0
+
+
+def _sampler(tok, val_ids: np.ndarray, n: int = 100):
+    """The trainer's ``sample``: ``n`` tokens at temperature 0.8 (seed 0) after the
+    validation text's first token. Its own Generator: training's stay untouched."""
+    def sample(model) -> str:
+        from ..infer import generate
+        out = generate(model, np.asarray(val_ids[:1])[None], n, temperature=0.8, top_k=20,
+                       seed=0)
+        return tok.decode(out[0].tolist())
+    return sample
 
 
 # ------------------------------------------------------------------ RNN on a task
@@ -487,5 +591,6 @@ def steps_for_budget(model, batch, budget: float, lo: int, hi: int, overhead: fl
 
 __all__ = ["Preset", "GPTModel", "RNNModel", "RNNConfig", "TextData", "TaskData",
            "GPT_PRESETS", "RNN_PRESETS", "SettingsError", "make_preset", "resume_preset",
+           "resume_changes", "prepare_run_folder", "RUN_ENTRIES", "token_unit",
            "build_model", "load_model", "gpt_trainer", "rnn_trainer", "unigram_baseline",
            "steps_for_budget"]

@@ -10,7 +10,8 @@ stopping, metrics, loss curves and safe resumable checkpoints.
 each validation sees the same batches and val losses are comparable across steps.
 ``model(x, y)`` must return ``(logits, loss)``.
 
-Resuming is bitwise: a checkpoint holds the weights, the optimiser's moments and steps, the
+A fresh run (step 0, not resumed) starts ``metrics.jsonl`` afresh; ``resume`` keeps its lines
+up to the checkpoint's step. Resuming is bitwise: a checkpoint holds the weights, the optimiser's moments and steps, the
 schedule, the batch Generator's state (the data position), every Generator the model owns
 (dropout), the early-stopping counters and the step. Running N steps straight, or k steps,
 then ``resume`` in a new process, then the rest, gives the same losses and the same weights
@@ -19,6 +20,30 @@ depend on timing).
 
 A NaN or Inf loss (or gradient norm) stops training with ``TrainingError`` before the step is
 applied; no checkpoint is written after it, so the last good one stays as it was.
+
+Ctrl-C (SIGINT, or a ``KeyboardInterrupt`` from a notebook's interrupt) during ``fit()`` is
+taken at the next step boundary (a ``KeyboardInterrupt`` raised inside a step's forward or
+backward pass puts the step back: the batch and dropout Generators return to their state
+before it): the trainer writes ``last/`` (atomically, as at a
+validation), says so, and re-raises ``KeyboardInterrupt`` (``tinyllm train`` then exits 130).
+``resume`` continues from that step and gives the same losses and weights as a run that was
+never interrupted. A second Ctrl-C while the first is being handled stops at once.
+
+Progress. ``log`` (default ``print``; ``None`` for silence) receives one line at every
+validation, in nanoGPT's manner::
+
+    step 200/2000: train loss 1.8765, val loss 1.9012 (2.743 bits/char), 45.2 ms/step, \
+45,300 tokens/s, lr 1.95e-03, saved checkpoint
+
+``train loss`` is the mean training loss of the steps since the previous validation, ms/step
+and tokens/s are measured over those steps, ``lr`` is the learning rate of the last step,
+and ``saved checkpoint`` says ``last/`` (and ``best/`` on a new best) was written. The bits
+figure appears when the trainer is told what one token stands for (``unit=("char", 1.0)``:
+bits per character; ``unit=("byte", bytes per token)``: bits per byte, for BPE) and is
+``val loss / ln 2 / units per token``. With ``sample`` (a function of the model returning
+text) and ``TrainConfig.sample_every`` = k, every k-th validation also logs a short sample.
+``progress`` shows a tqdm bar on a terminal (steps, loss, tokens/s, ETA) that stays on screen
+when training ends; the log lines are written above it.
 """
 from __future__ import annotations
 
@@ -39,11 +64,15 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the message says what and where."""
 
 
-def resumable(default, **kw):
+def resumable(default, invocation: bool = False, **kw):
     """A dataclass field that a resumed run (``tinyllm train --resume``) may change: how long
     to go on, how often to validate and log. Every other setting of a run must stay as the
-    checkpoint has it."""
-    return field(default=default, metadata={"resumable": True}, **kw)
+    checkpoint has it. A resumed run keeps the checkpoint's value of a resumable setting
+    unless it is given again explicitly; an ``invocation`` setting (a progress bar, a stop
+    after so many seconds or at a step of this process) belongs to one process, not to the
+    run, so a resume takes this invocation's value (the default unless given)."""
+    return field(default=default, metadata={"resumable": True, "invocation": invocation},
+                 **kw)
 
 
 @dataclass
@@ -61,25 +90,28 @@ class TrainConfig:
     patience: int = resumable(0)         # validations without improvement to stop at; 0 = never
     seed: int = 0
     log_every: int = resumable(10)
-    time_limit: float = resumable(0.0)   # seconds of training before stopping early; 0 = none
-    stop_at: int = resumable(0)          # stop (as if interrupted) after this step; 0 = never
-    progress: bool = resumable(True)     # tqdm bar (quiet anyway when not on a terminal)
+    time_limit: float = resumable(0.0, invocation=True)  # seconds of training; 0 = no limit
+    stop_at: int = resumable(0, invocation=True)  # stop (as if interrupted) after this step
+    progress: bool = resumable(True, invocation=True)  # tqdm bar (only on a terminal)
+    sample_every: int = resumable(5)     # log a sample every this many validations; 0 = never
 
     def __post_init__(self):
         for f in ("max_steps", "eval_every", "eval_batches", "log_every"):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig: {f} must be a positive integer, got {v!r}")
-        for f in ("warmup_steps", "patience", "stop_at", "seed"):
+        for f in ("warmup_steps", "patience", "stop_at", "seed", "sample_every"):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"TrainConfig: {f} must be a non-negative integer, got {v!r}")
-        for f in ("lr", "weight_decay", "grad_clip", "time_limit"):
+        for f in ("weight_decay", "grad_clip", "time_limit"):
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"TrainConfig: {f} must be a finite number >= 0, got {v!r}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr!r}")
+        lr = self.lr                     # one rule for every bad lr: 0, negative, inf, nan
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) \
+                or lr <= 0:
+            raise ValueError(f"TrainConfig: lr must be a finite number > 0, got {lr!r}")
         for f in ("beta1", "beta2"):
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -96,6 +128,11 @@ class TrainConfig:
         """The fields a resumed run may change (declared with ``resumable``)."""
         return [f.name for f in fields(cls) if f.metadata.get("resumable")]
 
+    @classmethod
+    def invocation_names(cls):
+        """The resumable fields that belong to one process, not to the run."""
+        return [f.name for f in fields(cls) if f.metadata.get("invocation")]
+
 
 @dataclass
 class TrainResult:
@@ -105,6 +142,7 @@ class TrainResult:
     best_val: float = math.inf
     best_step: int = -1
     stopped: str = "max_steps"       # max_steps | early_stopping | time_limit | stop_at
+    #                                  (an interrupt raises KeyboardInterrupt instead)
     seconds: float = 0.0
     tokens: int = 0
 
@@ -121,7 +159,12 @@ def model_rngs(model) -> dict:
 
 class Trainer:
     def __init__(self, model, train_batch, val_batch=None, config: TrainConfig | None = None,
-                 out_dir: str | None = None, meta: dict | None = None, log=print):
+                 out_dir: str | None = None, meta: dict | None = None, log=print,
+                 unit: tuple | None = None, sample=None):
+        """``log``: a function of one string for the progress lines (None: silent).
+        ``unit``: (name, units per token), e.g. ("char", 1.0), for bits per unit beside the
+        val loss. ``sample``: a function of the model returning a short text, logged every
+        ``config.sample_every`` validations."""
         self.model = model
         self.train_batch = train_batch
         self.val_batch = val_batch
@@ -129,6 +172,11 @@ class Trainer:
         self.out_dir = out_dir
         self.meta = dict(meta or {})
         self.log = log or (lambda *a, **k: None)
+        self.unit = unit
+        self.sample = sample
+        self._bar = None
+        self._sigint = False             # a Ctrl-C is waiting for the step boundary
+        self._resumed = False
         c = self.cfg
         groups = optim.param_groups_for_decay(
             [(n, p) for n, p in model.named_parameters() if p.requires_grad], c.weight_decay)
@@ -182,6 +230,7 @@ class Trainer:
         self.best_val = _from_json_float(es.get("best_val"))
         self.best_step = int(es.get("best_step", -1))
         self.bad_evals = int(es.get("bad_evals", 0))
+        self._resumed = True
         if self.out_dir:
             self._truncate_metrics(self.step)
         return self
@@ -225,20 +274,28 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
+        """Train to ``max_steps`` (or an earlier stop); see the module docstring for the log
+        lines, the progress bar and what Ctrl-C does."""
         c = self.cfg
         res = TrainResult(steps=self.step)
-        bar = None
-        if c.progress:
-            try:
-                from tqdm import tqdm
-                bar = tqdm(total=c.max_steps, initial=self.step, disable=None, leave=False,
-                           dynamic_ncols=True)
-            except ImportError:          # pragma: no cover - tqdm is a dependency
-                bar = None
+        if self.step == 0 and not self._resumed:
+            self._truncate_metrics(0)    # a fresh run: an old metrics.jsonl is not joined
+        self._bar = bar = self._make_bar()
         t0 = time.perf_counter()
+        self._interval_start()
         self.model.train()
+        self._sigint = False
+        self._phase = "boundary"         # boundary | forward (undoable) | update (not)
+        gens = [self.rng] + list(model_rngs(self.model).values())
+        restore = self._catch_sigint()
         try:
             while self.step < c.max_steps:
+                if self._sigint:
+                    raise KeyboardInterrupt
+                # the batch and dropout Generators move from here: keep their states, so
+                # an interrupt before the update can put the step back
+                self._snap = [(g, rng_state(g)) for g in gens]
+                self._phase = "forward"
                 x, y = self.train_batch(self.rng)
                 _, loss = self.model(x, y)
                 lv = float(loss.data)
@@ -252,14 +309,21 @@ class Trainer:
                 if not math.isfinite(norm):
                     raise TrainingError(self._diverged(f"the gradient norm is {norm}"))
                 lr = self.opt.param_groups[0]["lr"]
+                self._phase = "update"   # the weights change: no way back from here
                 self.opt.step()
                 self.sched.step()
                 self.step += 1
+                self._phase = "boundary"
+                self._last_lr = lr
                 res.tokens += int(np.size(x))
                 res.losses.append((self.step, lv))
+                self._iv["tokens"] += int(np.size(x))
+                self._iv["losses"].append(lv)
                 if bar is not None:
+                    el = time.perf_counter() - t0
                     bar.update(1)
-                    bar.set_postfix(loss=f"{lv:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{lv:.4f}",
+                                    tok_s=f"{res.tokens / max(el, 1e-9):,.0f}", refresh=False)
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
                     el = time.perf_counter() - t0
                     self._write_metric({"step": self.step, "loss": lv, "lr": lr,
@@ -273,19 +337,86 @@ class Trainer:
                 if stop:
                     res.stopped = stop
                     break
+            if self._sigint:             # Ctrl-C during the last validation
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self._on_interrupt()
+            raise
         finally:
+            restore()
             if bar is not None:
                 bar.close()
+            self._bar = None
         res.seconds = time.perf_counter() - t0
         res.steps = self.step
         if res.stopped == "early_stopping" and self._best_state is not None:
             self.model.load_state_dict(self._best_state)      # restore the best weights
-            self.log(f"early stopping at step {self.step}: restored the best weights "
-                     f"(step {self.best_step}, val {self.best_val:.4f})")
+            self._emit(f"early stopping at step {self.step}: restored the best weights "
+                       f"(step {self.best_step}, val {self.best_val:.4f})")
         res.best_val, res.best_step = self.best_val, self.best_step
         if self.out_dir:
             self.plot(os.path.join(self.out_dir, "loss.png"))
         return res
+
+    def _make_bar(self):
+        """A tqdm bar on a terminal (None when progress is off); it stays on screen."""
+        if not self.cfg.progress:
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:              # pragma: no cover - tqdm is a dependency
+            return None
+        return tqdm(total=self.cfg.max_steps, initial=self.step, disable=None, leave=True,
+                    dynamic_ncols=True, unit="step")
+
+    def _emit(self, line: str) -> None:
+        """One progress line: above the bar when one is drawn and the log is ``print``."""
+        bar = self._bar
+        if bar is not None and not bar.disable and self.log is print:
+            bar.write(line)
+        else:
+            self.log(line)
+
+    def _catch_sigint(self):
+        """Make Ctrl-C wait for the step boundary (main thread only; a process that ignores
+        SIGINT keeps ignoring it). Returns the function that puts the old handler back."""
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        prev = signal.getsignal(signal.SIGINT)
+        if prev in (signal.SIG_IGN, None):
+            return lambda: None
+
+        def on_sigint(signum, frame):
+            if self._sigint:             # the second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._sigint = True          # the loop raises it at the next step boundary
+
+        signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, prev)
+
+    def _on_interrupt(self) -> None:
+        """Save ``last/`` when the interrupt came at a step boundary, and say so."""
+        if self._phase == "update":      # only without the SIGINT handler (another thread)
+            self._emit(f"interrupted during the update of step {self.step + 1}: nothing "
+                       f"saved (the last checkpoint is as it was)")
+            return
+        if self._phase == "forward":     # undo the half step: the Generators go back
+            for g, st in self._snap:
+                set_rng_state(g, st)
+            self._phase = "boundary"
+        if not self.out_dir:
+            self._emit(f"interrupted at step {self.step} (no out_dir: nothing saved)")
+            return
+        path = self.save("last")
+        self._emit(f"interrupted at step {self.step}: saved checkpoint {path}; resume from it "
+                   f"to continue")
+        self.plot(os.path.join(self.out_dir, "loss.png"))
+
+    def _interval_start(self) -> None:
+        """Start measuring the steps up to the next validation (for its log line)."""
+        self._iv = {"t": time.perf_counter(), "step": self.step, "tokens": 0, "losses": []}
 
     def _stop_reason(self, t0):
         c = self.cfg
@@ -297,8 +428,10 @@ class Trainer:
         return None
 
     def _validate(self, res) -> bool:
-        """Validate, checkpoint; True when early stopping says stop."""
+        """Validate, checkpoint, log a line (and every ``sample_every`` validations a
+        sample); True when early stopping says stop."""
         c = self.cfg
+        now = time.perf_counter()
         val = self.evaluate()
         improved = False
         if not math.isnan(val):
@@ -315,8 +448,49 @@ class Trainer:
                 self.bad_evals += 1
         if improved:
             self.save("best")
-        self.save("last")
+        saved = self.save("last") is not None
+        self._emit(self.eval_line(val, now, saved, improved))
+        if self.sample is not None and c.sample_every and (
+                self.step % (c.eval_every * c.sample_every) == 0 or self.step == c.max_steps):
+            was = self.model.training
+            self.model.eval()
+            try:
+                with no_grad():
+                    text = self.sample(self.model)
+            finally:
+                self.model.train(was)
+            self._emit(f"sample at step {self.step}: {text!r}")
+        self._interval_start()
         return bool(c.patience) and self.bad_evals >= c.patience
+
+    def bits(self, nats: float):
+        """(bits per unit, unit name) of a loss in nats per token, or None without ``unit``:
+        bits/unit = nats / ln 2 / (units per token)."""
+        if not self.unit or not math.isfinite(nats):
+            return None
+        name, per_token = self.unit
+        return nats / math.log(2) / per_token, name
+
+    def eval_line(self, val: float, now: float, saved: bool, improved: bool = False) -> str:
+        """The log line of a validation at ``self.step`` (``now``: when training paused)."""
+        iv = self._iv
+        n = self.step - iv["step"]
+        dt = max(now - iv["t"], 1e-9)
+        parts = []
+        if iv["losses"]:
+            parts.append(f"train loss {float(np.mean(iv['losses'])):.4f}")
+        if not math.isnan(val):
+            b = self.bits(val)
+            parts.append(f"val loss {val:.4f}" + (f" ({b[0]:.3f} bits/{b[1]})" if b else ""))
+        if n:
+            parts.append(f"{dt / n * 1e3:.1f} ms/step")
+            parts.append(f"{iv['tokens'] / dt:,.0f} tokens/s")
+        lr = getattr(self, "_last_lr", None)
+        if lr is not None:
+            parts.append(f"lr {lr:.2e}")
+        if saved:
+            parts.append("saved checkpoint" + (" (new best)" if improved else ""))
+        return f"step {self.step}/{self.cfg.max_steps}: " + ", ".join(parts)
 
     def _diverged(self, what: str) -> str:
         where = (f"; the last good checkpoint in {self.out_dir} is untouched"
