@@ -90,7 +90,7 @@ def test_generate_continues_the_prompt(run_dir, capsys):
     (["train", "--model", "gpt", "--config", "huge", "--out", "{d}/r"], 2, "unknown --config"),
     (["train", "--model", "lstm"], 2, "invalid choice"),
     (["train", "--model", "gpt", "stray", "--out", "{d}/r"], 2, "unrecognized argument"),
-    (["train", "--model", "gpt", "--resume", "--out", "{d}/fresh"], 1, "does not exist"),
+    (["train", "--model", "gpt", "--resume", "--out", "{d}/fresh"], 2, "does not exist"),
     (["generate", "--checkpoint", "{d}/broken", "--prompt", "it"], 1, "truncated or corrupt"),
     (["demo", "--out", "{d}/text.txt"], 2, "not a folder"),
     (["frobnicate"], 2, "invalid choice"),

@@ -416,8 +416,10 @@ def cmd_eval(args) -> int:
             raise UsageError(f"--data: {e}") from None
         where = f"{args.data} (all of it)"
     else:
-        src = meta.get("data", "embedded")
-        if src in (None, "embedded"):
+        # the text the run trained on, where its meta.json records it (a str under "text",
+        # or "data" in older checkpoints); else the embedded corpus
+        src = meta.get("text", meta.get("data"))
+        if not isinstance(src, str) or src == "embedded":
             text, name = load_corpus(None), "the embedded corpus"
         else:
             try:
@@ -430,7 +432,8 @@ def cmd_eval(args) -> int:
     try:
         ids = np.asarray(tok.encode(text), np.int64)
     except UnknownTokenError as e:
-        raise UsageError(f"--data: {e} (this checkpoint's tokenizer cannot encode it)") from None
+        flag = "--data" if args.data is not None else f"{where} (name the text with --data)"
+        raise UsageError(f"{flag}: {e}; this checkpoint's tokenizer cannot encode it") from None
     if args.data is None:
         ids = train_val_split(ids, 0.9)[1]        # the ids `tinyllm train` validates on
     if len(ids) < 2:
