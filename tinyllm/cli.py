@@ -237,17 +237,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _checkpoint_folder(path: str, flag: str) -> str:
+    """The checkpoint folder meant by ``path`` (see ``checkpoint.resolve``), or UsageError."""
+    from .train.checkpoint import CheckpointError, resolve
+    try:
+        return resolve(path)
+    except CheckpointError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
 def checkpoint_arg(path: str, flag: str = "--checkpoint"):
     """The checkpoint folder meant by a command-line path, and its meta.json.
 
     A path that does not exist, a file, or a folder holding no checkpoint is bad input
     (UsageError, exit 2); a checkpoint that is there but unreadable is a runtime failure
     (RunError, exit 1). ``train --resume`` calls this with ``--out`` before anything runs."""
-    from .train.checkpoint import CheckpointError, load_checkpoint, resolve
-    try:
-        folder = resolve(path)
-    except CheckpointError as e:
-        raise UsageError(f"{flag}: {e}") from None
+    from .train.checkpoint import CheckpointError, load_checkpoint
+    folder = _checkpoint_folder(path, flag)
     try:
         _, _, meta = load_checkpoint(folder)
     except CheckpointError as e:
@@ -259,7 +265,7 @@ def _load_model_arg(path: str, flag: str = "--checkpoint"):
     """(model, tokenizer or task, meta, folder) from a command-line checkpoint path."""
     from .train.checkpoint import CheckpointError
     from .train.runs import load_model
-    folder, _ = checkpoint_arg(path, flag)
+    folder = _checkpoint_folder(path, flag)
     try:
         model, extra, meta = load_model(folder)
     except CheckpointError as e:
@@ -387,7 +393,7 @@ def cmd_generate(args) -> int:
 
 def cmd_eval(args) -> int:
     from .data import UnknownTokenError, load_corpus, train_val_split
-    from .train.evaluate import evaluate_gpt, evaluate_rnn
+    from .train.evaluate import EVAL_WINDOWS, evaluate_gpt, evaluate_rnn
     model, extra, meta, folder = _load_model_arg(args.checkpoint)
     kind = meta["model"]["type"]
     head = f"checkpoint {folder} ({kind}, step {meta.get('step', '?')})"
@@ -432,7 +438,7 @@ def cmd_eval(args) -> int:
         ids = train_val_split(ids, 0.9)[1]        # the ids `tinyllm train` validates on
     if len(ids) < 2:
         raise UsageError(f"--data: {where} is {len(ids)} token(s); at least 2 are needed")
-    windows = args.windows if args.windows is not None else 64
+    windows = args.windows if args.windows is not None else EVAL_WINDOWS
     ev = evaluate_gpt(model, tok, ids, windows=windows, seed=args.seed)
     print(f"{head} on {where}, {len(ids):,} tokens")
     print(ev.table())
@@ -505,7 +511,8 @@ def _parser():
     ev.add_argument("--data", metavar="FILE", help="score on all of this UTF-8 text (GPT; "
                     "default: the validation split of the text the run trained on)")
     ev.add_argument("--windows", type=int, default=None, metavar="N", help="the number of "
-                    "seeded windows of block_size tokens scored (GPT; default: 64)")
+                    "seeded windows of block_size tokens scored (GPT; default: 64, "
+                    "tinyllm.train.evaluate.EVAL_WINDOWS)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the window positions")
     ev.set_defaults(run=cmd_eval)
     ops_list = ", ".join(_all_op_names())

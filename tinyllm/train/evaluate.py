@@ -29,7 +29,9 @@ import numpy as np
 
 from ..autograd import no_grad
 
-__all__ = ["Metric", "Evaluation", "sample_windows", "units_per_token", "evaluate_gpt",
+EVAL_WINDOWS = 64       # windows scored when the caller does not say
+
+__all__ = ["EVAL_WINDOWS", "Metric", "Evaluation", "sample_windows", "units_per_token", "evaluate_gpt",
            "evaluate_rnn"]
 
 
@@ -87,7 +89,7 @@ def units_per_token(tokenizer) -> tuple[np.ndarray, str]:
     return np.array([len(tokenizer.decode([i])) for i in range(V)], np.int64), "char"
 
 
-def evaluate_gpt(model, tokenizer, ids: np.ndarray, windows: int = 64, seed: int = 0,
+def evaluate_gpt(model, tokenizer, ids: np.ndarray, windows: int = EVAL_WINDOWS, seed: int = 0,
                  batch_size: int = 16, what: str = "") -> Evaluation:
     """Loss, perplexity and bits per character (or byte) of ``model`` on ``windows`` seeded
     windows of ``ids`` (1-D int). Windows are ``block_size`` long, or shorter when the text
