@@ -31,8 +31,8 @@ from ..autograd import no_grad
 
 EVAL_WINDOWS = 64       # windows scored when the caller does not say
 
-__all__ = ["EVAL_WINDOWS", "Metric", "Evaluation", "sample_windows", "units_per_token", "evaluate_gpt",
-           "evaluate_rnn"]
+__all__ = ["EVAL_WINDOWS", "Metric", "Evaluation", "sample_windows", "units_per_token",
+           "evaluate_gpt", "evaluate_rnn"]
 
 
 @dataclass
@@ -89,8 +89,8 @@ def units_per_token(tokenizer) -> tuple[np.ndarray, str]:
     return np.array([len(tokenizer.decode([i])) for i in range(V)], np.int64), "char"
 
 
-def evaluate_gpt(model, tokenizer, ids: np.ndarray, windows: int = EVAL_WINDOWS, seed: int = 0,
-                 batch_size: int = 16, what: str = "") -> Evaluation:
+def evaluate_gpt(model, tokenizer, ids: np.ndarray, windows: int = EVAL_WINDOWS,
+                 seed: int = 0, batch_size: int = 16, what: str = "") -> Evaluation:
     """Loss, perplexity and bits per character (or byte) of ``model`` on ``windows`` seeded
     windows of ``ids`` (1-D int). Windows are ``block_size`` long, or shorter when the text
     is (at least 2 tokens are needed)."""
