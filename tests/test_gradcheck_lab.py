@@ -217,6 +217,15 @@ def test_taylor_full_result_remainders_halve_or_quarter():
     assert np.median(bad.remainders[1:] / bad.remainders[:-1]) == pytest.approx(0.5, abs=0.05)
 
 
+def test_taylor_result_explains_an_infinite_slope():
+    lin = tl.taylor_test(lambda x: x * 3.0, [rand(4)], full=True)
+    assert lin.linear and lin.passed and "round-off" in lin.verdict()
+    cube = tl.taylor_test(Cube.apply, [rand(4)], full=True)
+    assert not cube.linear and cube.verdict() == "ok"
+    bad = tl.taylor_test(WrongCube.apply, [rand(4)], full=True)
+    assert not bad.passed and "WRONG" in bad.verdict()
+
+
 def test_taylor_linear_function_is_inf():
     # along any direction a linear map has zero second-order remainder
     assert tl.taylor_test(lambda x: x * 3.0, [rand(4)]) == float("inf")

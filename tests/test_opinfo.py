@@ -40,7 +40,8 @@ def test_registry_covers_the_issue_op_list():
                 "sigmoid", "relu", "gelu_tanh", "gelu_erf", "sum", "mean", "max", "var",
                 "reshape", "transpose", "swapaxes", "T", "getitem", "concat", "stack", "split",
                 "where", "masked_fill", "embedding", "dropout", "softmax", "log_softmax",
-                "cross_entropy", "layer_norm"}
+                "cross_entropy", "layer_norm", "mlp", "attention", "decode_attention",
+                "additive_attention"}
     assert required <= names, required - names
 
 

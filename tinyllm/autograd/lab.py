@@ -105,6 +105,25 @@ class TaylorResult:
     def __float__(self):
         return self.slope
 
+    @property
+    def linear(self) -> bool:
+        """Every remainder at round-off: fn is linear along the direction (the first-order
+        Taylor expansion is exact), so there is no slope to fit and ``slope`` is inf."""
+        return math.isinf(self.slope)
+
+    @property
+    def passed(self) -> bool:
+        """A slope of about 2 (> 1.8), or a linear fn (inf)."""
+        return self.slope > 1.8
+
+    def verdict(self) -> str:
+        """One phrase for a report line: why the slope is what it is."""
+        if self.linear:
+            return "ok: linear here, so the Taylor remainder is pure round-off (no slope to fit)"
+        if self.passed:
+            return "ok"
+        return "WRONG GRADIENT? (a slope of about 1 means the gradient is off)"
+
 
 def taylor_test(fn, inputs, *, seed=0, h0=0.05, steps=8, full=False):
     """The fitted log-log slope of the first-order Taylor remainder over halving h, in float64.

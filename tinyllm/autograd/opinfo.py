@@ -4,6 +4,10 @@ Each ``OpInfo`` names an op and knows how to draw a sample: float64 input arrays
 shapes plus the op applied to Tensors, and a NumPy version of the forward for value checks.
 One parametrised test gradchecks every entry; ``tinyllm gradcheck`` prints a table over them.
 
+The fused kernels (softmax, cross_entropy, layer_norm, mlp, attention, decode_attention,
+additive_attention) are reached through ``tl.functional``, so a check runs whichever
+implementation the kernel registry picks (NumPy reference or Numba).
+
 Samples keep away from points where an op is not differentiable (relu at 0, ties in max,
 division by ~0, log and sqrt of non-positive numbers), where finite differences mean nothing.
 """
@@ -217,6 +221,60 @@ def _mlp(rng):
                   lambda x, W1, b1, W2, b2: _np_gelu_tanh(x @ W1 + b1) @ W2 + b2)
 
 
+def _np_attention(q, k, v, causal=True, scale=None, length=None):
+    """softmax(q k^T * scale [+ causal mask]) v in NumPy; ``length`` keeps the first keys."""
+    if length is not None:
+        k, v = k[..., :length, :], v[..., :length, :]
+    c = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ np.swapaxes(k, -1, -2) * c                                   # (B, H, Tq, Tk)
+    if causal:
+        Tq, Tk = s.shape[-2:]
+        s = np.where(np.tril(np.ones((Tq, Tk), bool), Tk - Tq), s, -np.inf)
+    return _np_softmax(s) @ v
+
+
+def _attention(rng):
+    B, H, T, hs = 1, int(rng.integers(1, 3)), int(rng.integers(2, 6)), int(rng.integers(2, 5))
+    causal = bool(rng.random() < 0.75)
+    qkv = [rng.standard_normal((B, H, T, hs)) for _ in range(3)]
+    return Sample(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal),
+                  qkv, lambda q, k, v: _np_attention(q, k, v, causal), f"causal={causal}")
+
+
+def _decode_attention(rng):
+    B, H, Lmax, hs = 1, 2, 5, int(rng.integers(2, 5))
+    L = int(rng.integers(1, Lmax + 1))
+    arrays = [rng.standard_normal((B, H, 1, hs)), rng.standard_normal((B, H, Lmax, hs)),
+              rng.standard_normal((B, H, Lmax, hs))]
+    return Sample(lambda q, k, v: F.decode_attention(q, k, v, L), arrays,
+                  lambda q, k, v: _np_attention(q, k, v, causal=False, length=L),
+                  f"length={L}")
+
+
+def _np_additive_attention(h, x, W_q, W_k, v_a, mask):
+    """The document's eq. 4.2 in NumPy: (c, alpha), with alpha over positions where mask."""
+    e = np.tanh((h @ W_q)[:, None, :] + x @ W_k) @ v_a                  # (B, S)
+    alpha = _np_softmax(np.where(mask, e, -np.inf))
+    return (alpha[:, :, None] * x).sum(1), alpha
+
+
+def _additive_attention(rng):
+    B, S, Dh, Dx, A = 2, int(rng.integers(2, 5)), 3, 4, 3
+    mask = np.ones((B, S), bool)
+    mask[1, S - 1] = False                   # one padded position: its alpha is exactly 0
+    arrays = [rng.standard_normal(s) * 0.7 for s in [(B, Dh), (B, S, Dx), (Dh, A), (Dx, A),
+                                                     (A,)]]
+
+    def fn(h, x, W_q, W_k, v_a):             # both outputs, so both backward paths count
+        c, alpha = F.additive_attention(h, x, W_q, W_k, v_a, mask)
+        return ops.concat([c, alpha], axis=1)
+
+    def ref(*a):
+        c, alpha = _np_additive_attention(*a, mask)
+        return np.concatenate([c, alpha], axis=1)
+    return Sample(fn, arrays, ref, "masked, out (c, alpha)")
+
+
 OPS: list[OpInfo] = [
     OpInfo("add", _binary(lambda a, b: a + b, np.add)),
     OpInfo("sub", _binary(lambda a, b: a - b, np.subtract)),
@@ -258,6 +316,9 @@ OPS: list[OpInfo] = [
     OpInfo("cross_entropy", _cross_entropy),
     OpInfo("layer_norm", _layer_norm),
     OpInfo("mlp", _mlp),
+    OpInfo("attention", _attention),
+    OpInfo("decode_attention", _decode_attention),
+    OpInfo("additive_attention", _additive_attention),
 ]
 
 BY_NAME = {op.name: op for op in OPS}

@@ -465,6 +465,10 @@ def unigram_baseline(train_ids: np.ndarray, val_ids: np.ndarray, V: int) -> floa
 def prepare_text(p: Preset, data_path: str | None, tokenizer=None):
     """(tokenizer, train ids, val ids) for a GPT run."""
     text = load_corpus(data_path)
+    if len(set(text)) < 2:                       # e.g. a file of NUL bytes
+        raise SettingsError(f"{data_path or 'the embedded corpus'} is one character "
+                            f"({text[:1]!r}) repeated: with a vocabulary of 1 there is nothing "
+                            f"to predict; give a text with at least 2 distinct characters")
     if tokenizer is None:
         if p.data.tokenizer == "char":
             tokenizer = CharTokenizer(text)
