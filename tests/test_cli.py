@@ -111,8 +111,6 @@ def test_every_option_has_a_help_line_with_its_default(command):
     assert _missing_help(command) == []
 
 
-@pytest.mark.xfail(reason="the train/demo subparser lines belong to another branch of issue "
-                          "10; their help strings come with the merge", strict=False)
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_train_and_demo_options_have_help_lines(command):
     assert _missing_help(command) == []

@@ -188,7 +188,6 @@ def cmd_train(args) -> int:
     import os
 
     from .data import load_corpus
-    from .train.checkpoint import CheckpointError, load_checkpoint
     from .train.runs import (SettingsError, gpt_trainer, make_preset, prepare_run_folder,
                              resume_changes, resume_preset, rnn_trainer, unigram_baseline)
     runtime.configure(keep_freed_memory=True)
@@ -213,10 +212,7 @@ def cmd_train(args) -> int:
     if done:
         print(done)
     if args.resume:
-        try:
-            _, _, meta = load_checkpoint(args.out)
-        except CheckpointError as e:
-            raise UsageError(f"--resume: {e}") from None
+        _, meta = checkpoint_arg(args.out, "--resume: --out")
         if meta.get("model", {}).get("type") != args.model:
             raise UsageError(f"--resume: {args.out} holds a {meta.get('model', {}).get('type')}"
                              f" run, not --model {args.model}")
@@ -502,10 +498,13 @@ def _parser():
     tr = sub.add_parser("train", help="train a GPT on text or the RNN on a task",
                         epilog="Any setting of the preset can be overridden as --key=value, "
                                "e.g. --max_steps=500 --lr=1e-3 --n_layer=2.")
-    tr.add_argument("--model", choices=("gpt", "rnn"), required=True)
+    tr.add_argument("--model", choices=("gpt", "rnn"), required=True,
+                    help="what to train: gpt (a GPT on text) or rnn (the document's attention "
+                    "RNN on a synthetic task)")
     tr.add_argument("--data", help="a UTF-8 text file (GPT; default: the embedded corpus)")
     tr.add_argument("--config", help="preset: small|medium|tiny (gpt), "
-                    "reversal|reversal-long|copy (rnn)")
+                    "reversal|reversal-long|copy (rnn) (default: small for gpt, reversal for "
+                    "rnn)")
     tr.add_argument("--out", default="runs/latest", help="run folder, created with its parents "
                     "(default runs/latest); one that holds a run needs --resume or --overwrite")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out with its "

@@ -27,6 +27,7 @@ resumed or overwritten, and overwriting removes those entries only, never anythi
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -508,7 +509,7 @@ def gpt_trainer(p: Preset, data_path: str | None, out: str | None, resume: bool 
                       sample=_sampler(tok, val),
                       meta={"model": {"type": "gpt", "config": model.config.to_dict()},
                             "settings": p.settings(), "tokenizer": tok.to_dict(),
-                            "data": data_path or "embedded"})
+                            "text": os.path.abspath(data_path) if data_path else "embedded"})
     if resume:
         trainer.resume(out)
     return trainer, tok, train, val
