@@ -15,7 +15,7 @@ Parameter names and layouts follow GPT-2's checkpoints: ``Linear.weight`` is (in
 q, k, v order) and the output projections are ``c_proj``.
 
 Initialisation draws from a ``np.random.Generator`` (``rng``: a Generator, an int seed, or
-None for fresh entropy), always in float64 and then cast, so a float32 and a float64 model
+None for the default generator that ``tl.manual_seed`` seeds), always in float64 and then cast, so a float32 and a float64 model
 built from one seed hold the same numbers up to rounding. ``std=None`` gives PyTorch's
 defaults (Linear: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias; Embedding: N(0, 1));
 a number gives N(0, std) weights and zero biases, GPT-2's scheme.
@@ -31,17 +31,21 @@ from typing import Protocol
 
 import numpy as np
 
-from ..autograd import Tensor
+from ..autograd import Tensor, default_generator
 from ..autograd import functional as F
 from ..errors import ShapeError
 from .module import Module, Parameter
 
 
 def as_rng(rng) -> np.random.Generator:
-    """A Generator from a Generator (returned as is), an int seed, or None (fresh entropy)."""
+    """A Generator from a Generator (returned as is), an int seed, or None: the default
+    generator, which ``tl.manual_seed`` seeds (so ``tl.manual_seed(0); nn.Linear(3, 4)`` is
+    reproducible, as in PyTorch)."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
+    if rng is None:
+        return default_generator()
+    if isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise TypeError(f"rng must be a numpy Generator, an int seed or None, "
                     f"got {type(rng).__name__}")
