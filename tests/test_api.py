@@ -118,3 +118,100 @@ def test_manual_seed_leaves_seeded_models_alone():
 def test_manual_seed_refuses_a_bad_seed():
     with pytest.raises(ValueError, match="manual_seed"):
         tl.manual_seed(-1)
+
+
+# ------------------------------------------------------------------ containers and activations
+
+def test_sequential_runs_in_order_with_pytorch_names():
+    seq = nn.Sequential(nn.Linear(2, 8, rng=0), nn.ReLU(), nn.Linear(8, 1, rng=1))
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.bias", "2.weight",
+                                                      "2.bias"]
+    x = tl.randn(5, 2, rng=3)
+    want = seq[2](seq[1](seq[0](x)))
+    np.testing.assert_array_equal(seq(x).data, want.data)
+    assert len(seq) == 3 and isinstance(seq[1], nn.ReLU) and isinstance(seq[-1], nn.Linear)
+    assert len(seq[:2]) == 2 and seq[:2][0] is seq[0]
+    seq(x).sum().backward()
+    assert seq[0].weight.grad is not None
+
+
+def test_sequential_from_a_dict_and_append():
+    seq = nn.Sequential({"fc": nn.Linear(2, 3, rng=0), "act": nn.Tanh()})
+    assert [n for n, _ in seq.named_parameters()] == ["fc.weight", "fc.bias"]
+    seq.append(nn.GELU())
+    assert isinstance(seq[2], nn.GELU)
+    with pytest.raises(TypeError, match="must be a Module"):
+        nn.Sequential(nn.ReLU(), lambda x: x)
+
+
+def test_activation_modules_match_the_functions():
+    x = tl.tensor([-2.0, -0.5, 0.0, 0.7, 3.0])
+    np.testing.assert_array_equal(nn.ReLU()(x).data, tl.relu(x).data)
+    np.testing.assert_array_equal(nn.Tanh()(x).data, tl.tanh(x).data)
+    np.testing.assert_array_equal(nn.GELU()(x).data, tl.gelu(x, approximate="none").data)
+    np.testing.assert_array_equal(nn.GELU("tanh")(x).data, tl.gelu(x).data)
+    with pytest.raises(ValueError, match="GELU: approximate"):
+        nn.GELU("fast")
+
+
+def test_module_dict_behaves_like_a_dict_with_pytorch_names():
+    d = nn.ModuleDict({"enc": nn.Linear(2, 3, rng=0), "dec": nn.Linear(3, 2, rng=1)})
+    assert [n for n, _ in d.named_parameters()] == ["enc.weight", "enc.bias", "dec.weight",
+                                                    "dec.bias"]
+    assert "enc" in d and len(d) == 2 and list(d) == ["enc", "dec"]
+    d["act"] = nn.ReLU()
+    assert list(d.keys()) == ["enc", "dec", "act"] and d["act"] is d.act
+    del d["act"]
+    assert "act" not in d and len(d) == 2
+    with pytest.raises(KeyError, match="no module 'nope'"):
+        d["nope"]
+    with pytest.raises(KeyError, match="without dots"):
+        d["a.b"] = nn.ReLU()
+    with pytest.raises(KeyError, match="shadow"):
+        d["items"] = nn.ReLU()
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 4, rng=0), nn.ReLU())
+        self.head = nn.Linear(4, 1, rng=1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_modules_children_and_apply_walk_the_tree_like_pytorch():
+    net = _Net()
+    assert [type(m).__name__ for m in net.children()] == ["Sequential", "Linear"]
+    assert [type(m).__name__ for m in net.modules()] == ["_Net", "Sequential", "Linear",
+                                                         "ReLU", "Linear"]   # depth first
+    assert [n for n, _ in net.named_modules()] == ["", "body", "body.0", "body.1", "head"]
+    order = []
+    assert net.apply(lambda m: order.append(type(m).__name__)) is net
+    assert order == ["Linear", "ReLU", "Sequential", "Linear", "_Net"]   # children first
+
+    def zero_linear(m):
+        if isinstance(m, nn.Linear):
+            m.weight.data[...] = 0
+    net.apply(zero_linear)
+    assert all(not p.data.any() for n, p in net.named_parameters() if n.endswith("weight"))
+
+
+def test_requires_grad_freezes_and_unfreezes_everything():
+    net = _Net()
+    net(tl.randn(3, 2, rng=0)).sum().backward()
+    assert net.requires_grad_(False) is net
+    assert all(not p.requires_grad and p.grad is None for p in net.parameters())
+    assert net.num_parameters(trainable_only=True) == 0
+    net.body.requires_grad_()
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["body.0.weight",
+                                                                       "body.0.bias"]
+
+
+def test_repr_is_the_module_tree():
+    seq = nn.Sequential(nn.Linear(2, 8, rng=0), nn.ReLU(), nn.Linear(8, 1, rng=0))
+    assert repr(seq) == ("Sequential(\n  (0): Linear(2, 8, bias=True)\n  (1): ReLU()\n"
+                         "  (2): Linear(8, 1, bias=True)\n)")
+    assert repr(_Net()).splitlines()[-1] == ")"
+    assert "(body): Sequential(\n    (0): Linear" in repr(_Net())

@@ -178,6 +178,38 @@ class Dropout(Module):
         return f"Dropout(p={self.p})"
 
 
+class ReLU(Module):
+    """max(x, 0), elementwise: the module form of ``tl.relu``, for ``Sequential``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+
+class GELU(Module):
+    """GELU, elementwise, as ``torch.nn.GELU``: the exact erf form by default
+    (``approximate="none"``, PyTorch's default), or GPT-2's tanh form (``"tanh"``, what
+    ``tl.gelu`` and the GPT's MLP use)."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class Tanh(Module):
+    """tanh(x), elementwise."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.tanh(x)
+
+
 class MLP(Module):
     """GPT-2's feed-forward block through the fused ``mlp`` kernel::
 
@@ -317,4 +349,4 @@ class Block(Module):
 
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "MLP", "CausalSelfAttention",
-           "Block", "TransformerConfig", "as_rng"]
+           "Block", "TransformerConfig", "as_rng", "ReLU", "GELU", "Tanh"]
