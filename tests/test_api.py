@@ -215,3 +215,102 @@ def test_repr_is_the_module_tree():
                          "  (2): Linear(8, 1, bias=True)\n)")
     assert repr(_Net()).splitlines()[-1] == ")"
     assert "(body): Sequential(\n    (0): Linear" in repr(_Net())
+
+
+# ------------------------------------------------------------------ tl.save / tl.load
+
+def _gpt_and_tok(dtype=np.float32):
+    from tinyllm.data import CharTokenizer
+    tok = CharTokenizer("hello world, it was the best of times")
+    cfg = tl.models.GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2,
+                              n_embd=16)
+    return tl.models.GPT(cfg, seed=5, dtype=dtype), tok
+
+
+def _rnn_and_task():
+    task = tl.data.copy_task(n_symbols=6, min_len=2, max_len=4)
+    cfg = tl.models.RNNConfig(vocab_size=task.vocab_size, max_len=task.block_size, d_embed=8,
+                              d_hidden=12, d_attn=8)
+    return tl.models.AttentionRNN(cfg, seed=2), task
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_save_load_round_trip_gpt_gives_identical_logits(tmp_path, dtype):
+    model, tok = _gpt_and_tok(dtype)
+    for p in model.parameters():                      # not the seeded init: "trained" weights
+        p.data += np.random.default_rng(1).standard_normal(p.shape).astype(dtype) * 0.1
+    idx = np.array([tok.encode("it was the")])
+    want, _ = model(idx)
+    assert tl.save(model, tmp_path / "gpt", tokenizer=tok) == str(tmp_path / "gpt")
+    back, tok2 = tl.load(tmp_path / "gpt")
+    assert type(back) is tl.models.GPT and back.config == model.config
+    assert not back.training and back.parameters()[0].dtype == dtype
+    assert tok2.encode("it was the") == tok.encode("it was the")
+    got, _ = back(idx)
+    np.testing.assert_array_equal(got.data, want.data)
+
+
+def test_save_load_round_trip_rnn_gives_identical_logits(tmp_path):
+    model, task = _rnn_and_task()
+    for p in model.parameters():
+        p.data += np.random.default_rng(1).standard_normal(p.shape).astype(p.dtype) * 0.1
+    idx = np.array([task.prompt([0, 1, 2])])
+    want, _ = model(idx)
+    tl.save(model, str(tmp_path / "rnn"), tokenizer=task)
+    back, task2 = tl.load(str(tmp_path / "rnn"))
+    assert type(back) is tl.models.AttentionRNN and task2 == task
+    got, _ = back(idx)
+    np.testing.assert_array_equal(got.data, want.data)
+
+
+def test_tinyllm_generate_reads_what_tl_save_wrote(tmp_path, capsys):
+    from tinyllm import cli
+    model, tok = _gpt_and_tok()
+    tl.save(model, tmp_path / "gpt", tokenizer=tok)
+    assert cli.main(["generate", "--checkpoint", str(tmp_path / "gpt"), "--prompt", "it was",
+                     "--max-new-tokens", "5", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("it was")
+    rnn, task = _rnn_and_task()
+    tl.save(rnn, tmp_path / "rnn", tokenizer=task)
+    assert cli.main(["generate", "--checkpoint", str(tmp_path / "rnn"), "--prompt",
+                     "a b c"]) == 0
+
+
+def test_save_replaces_a_checkpoint_but_refuses_another_folder(tmp_path):
+    model, tok = _gpt_and_tok()
+    tl.save(model, tmp_path / "ck", tokenizer=tok)
+    model.parameters()[0].data[...] = 0.5
+    tl.save(model, tmp_path / "ck", tokenizer=tok)                     # replaced
+    assert (tl.load(tmp_path / "ck")[0].parameters()[0].data == 0.5).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]       # no .tmp / .old left
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(tl.train.CheckpointError, match="non-empty folder"):
+        tl.save(model, tmp_path / "run", tokenizer=tok)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_save_names_what_is_missing_or_wrong(tmp_path):
+    model, tok = _gpt_and_tok()
+    with pytest.raises(ValueError, match="with its tokenizer"):
+        tl.save(model, tmp_path / "a")
+    with pytest.raises(ValueError, match="tokenizer has 5 tokens"):
+        tl.save(model, tmp_path / "a", tokenizer=tl.data.CharTokenizer("abcde"))
+    rnn, _ = _rnn_and_task()
+    with pytest.raises(ValueError, match="task it was trained on"):
+        tl.save(rnn, tmp_path / "a")
+    with pytest.raises(ValueError, match="does not fit the task"):
+        tl.save(rnn, tmp_path / "a", tokenizer=tl.data.copy_task(n_symbols=3))
+    with pytest.raises(TypeError, match="GPT or AttentionRNN"):
+        tl.save(nn.Linear(2, 2), tmp_path / "a")
+    with pytest.raises(tl.train.CheckpointError, match="does not exist"):
+        tl.load(tmp_path / "nothing")
+    assert not (tmp_path / "a").exists()
+
+
+def test_load_takes_a_run_folder_as_generate_does(tmp_path):
+    model, tok = _gpt_and_tok()
+    tl.save(model, tmp_path / "run" / "last", tokenizer=tok)     # how `tinyllm train` lays it out
+    back, _ = tl.load(tmp_path / "run")
+    idx = np.array([tok.encode("hello")])
+    np.testing.assert_array_equal(back(idx)[0].data, model(idx)[0].data)
