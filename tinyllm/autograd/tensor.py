@@ -15,6 +15,11 @@ dtype. Two arrays or Tensors follow NumPy promotion: float32 with float64 gives 
 float32 input still receives a float32 gradient. ``Tensor(ndarray)`` wraps the array without
 copying it, as ``torch.from_numpy`` does.
 
+Python numbers: ``float(t)``, ``int(t)`` and ``bool(t)`` work on one-element tensors, as in
+PyTorch, and name the shape otherwise. ``argmax`` gives a plain int64 ndarray and the
+comparisons (``t > 0``) a boolean one: indices and masks have no gradient. ``view`` is
+``reshape`` (a new array, not a view sharing a gradient).
+
 Left out on purpose: in-place ops, views that share a gradient, higher-order gradients (the
 backward pass is not itself recorded) and devices.
 """

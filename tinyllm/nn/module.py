@@ -4,6 +4,12 @@ Assigning a ``Parameter`` or a ``Module`` to an attribute registers it, so
 ``named_parameters()`` can walk the tree and give every parameter a dotted name
 (``transformer.h.0.attn.c_attn.weight``). A parameter reachable under two names (a tied
 head) is listed once, under the first name met.
+
+The containers: ``ModuleList`` (a list), ``Sequential`` (modules called in order) and
+``ModuleDict`` (by key); their children are named "0", "1", ... or by key, so parameter names
+match PyTorch's ("0.weight", "enc.bias"). The tree is walked as PyTorch walks it:
+``modules()`` / ``named_modules()`` depth first, ``children()`` one level, ``apply(fn)``
+children before parents.
 """
 from __future__ import annotations
 
