@@ -4,6 +4,9 @@ derivative, and for measuring how fast that math runs.
     import tinyllm as tl
     x = tl.Tensor([[1.0, 2.0]], requires_grad=True)
     y = tl.functional.softmax(x); (y * y).sum().backward(); x.grad
+
+    model, tok = tl.load("runs/latest")           # a trained checkpoint: model + tokenizer
+    tl.save(model, "my-gpt", tokenizer=tok)       # the same format, for `tinyllm generate`
 """
 from .autograd import *  # noqa: F401,F403
 from .autograd import __all__ as _autograd_all
@@ -11,8 +14,13 @@ from .autograd import functional
 from .errors import AnomalyError, GradcheckError, ShapeError
 from . import runtime, kernels, nn, models, optim, data, train, infer  # noqa: E402,I001
 from .infer import beam_search, generate
+from .train.persist import load, save
+
+from .autograd.figures import enable_inline as _enable_inline
+
+_enable_inline()        # in Jupyter, Figures that tinyllm returns draw inline (figures.py)
 
 __version__ = "0.1.0"
 __all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional",
                                  "runtime", "kernels", "nn", "models", "optim", "data", "train",
-                                 "infer", "generate", "beam_search"]
+                                 "infer", "generate", "beam_search", "load", "save"]

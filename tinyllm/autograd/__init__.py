@@ -1,5 +1,6 @@
 """Reverse-mode autodiff: Tensor, Function, the ops, and the gradient-check lab."""
 from . import functional
+from .creation import default_generator, manual_seed, ones, randn, tensor, zeros
 from .gradcheck import InputReport, check_gradients, gradcheck
 from .lab import EpsSweep, TaylorResult, eps_sweep, taylor_test
 from .ops import (concat, dropout, embedding, exp, gelu, log, masked_fill, matmul, relu,
@@ -10,4 +11,5 @@ __all__ = ["Tensor", "Function", "Context", "no_grad", "is_grad_enabled", "detec
            "gradcheck", "check_gradients", "InputReport", "eps_sweep", "EpsSweep",
            "taylor_test", "TaylorResult", "functional", "concat", "stack", "split", "where",
            "masked_fill", "embedding", "dropout", "exp", "log", "sqrt", "tanh", "sigmoid",
-           "relu", "gelu", "matmul"]
+           "relu", "gelu", "matmul", "tensor", "zeros", "ones", "randn", "manual_seed",
+           "default_generator"]

@@ -15,6 +15,11 @@ dtype. Two arrays or Tensors follow NumPy promotion: float32 with float64 gives 
 float32 input still receives a float32 gradient. ``Tensor(ndarray)`` wraps the array without
 copying it, as ``torch.from_numpy`` does.
 
+Python numbers: ``float(t)``, ``int(t)`` and ``bool(t)`` work on one-element tensors, as in
+PyTorch, and name the shape otherwise. ``argmax`` gives a plain int64 ndarray and the
+comparisons (``t > 0``) a boolean one: indices and masks have no gradient. ``view`` is
+``reshape`` (a new array, not a view sharing a gradient).
+
 Left out on purpose: in-place ops, views that share a gradient, higher-order gradients (the
 backward pass is not itself recorded) and devices.
 """
@@ -160,6 +165,30 @@ class Tensor:
     def item(self):
         return self.data.item()
 
+    # Python numbers from one-element tensors, as in PyTorch: float(loss), int(t), bool(t).
+    def _scalar(self, what: str):
+        if self.data.size != 1:
+            raise TypeError(f"{what}: only a one-element tensor can be converted to a Python "
+                            f"scalar, got shape {self.shape}; use .item() on one element, "
+                            f".numpy() for the array")
+        return self.data.item()
+
+    def __float__(self): return float(self._scalar("float(tensor)"))
+    def __int__(self): return int(self._scalar("int(tensor)"))
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"bool(tensor): the truth value of a tensor of shape {self.shape} "
+                             f"is ambiguous; use (t != 0).any() or .all()")
+        return bool(self.data.item())
+
+    def argmax(self, axis=None, keepdims: bool = False) -> np.ndarray:
+        """Indices of the largest entries (over the flattened tensor when ``axis`` is None)
+        as a plain int64 ndarray, not a Tensor: like the comparisons, an index has no
+        gradient (PyTorch returns a LongTensor without grad). ``int(t.argmax())`` gives a
+        Python int."""
+        return np.argmax(self.data, axis=axis, keepdims=keepdims).astype(np.int64)
+
     def detach(self) -> "Tensor":
         """The same data, cut from the graph (no copy)."""
         return Tensor._wrap(self.data, False)
@@ -271,6 +300,11 @@ class Tensor:
     def max(self, axis=None, keepdims=False): return _ops.max(self, axis, keepdims)
     def var(self, axis=None, keepdims=False, ddof=0): return _ops.var(self, axis, keepdims, ddof)
     def reshape(self, *shape): return _ops.reshape(self, *shape)
+    def view(self, *shape): return _ops.reshape(self, *shape)     # a reshape: no shared storage
+
+    def softmax(self, axis=-1):
+        from .functional import softmax     # functional imports this module
+        return softmax(self, axis)
     def transpose(self, *axes): return _ops.transpose(self, *axes)
     def permute(self, *axes): return _ops.transpose(self, *axes)
     def swapaxes(self, a1, a2): return _ops.swapaxes(self, a1, a2)

@@ -1,7 +1,9 @@
-"""``tl.nn``: Module, Parameter and the layers built on ``tl.functional``."""
-from .layers import (MLP, Block, CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear,
-                     TransformerConfig, as_rng)
-from .module import Module, ModuleList, Parameter
+"""``tl.nn``: Module, Parameter, the containers (ModuleList, Sequential, ModuleDict) and the
+layers built on ``tl.functional``."""
+from .layers import (GELU, MLP, Block, CausalSelfAttention, Dropout, Embedding, LayerNorm,
+                     Linear, ReLU, Tanh, TransformerConfig, as_rng)
+from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 
-__all__ = ["Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout",
-           "MLP", "CausalSelfAttention", "Block", "TransformerConfig", "as_rng"]
+__all__ = ["Module", "ModuleList", "Sequential", "ModuleDict", "Parameter", "Linear",
+           "Embedding", "LayerNorm", "Dropout", "ReLU", "GELU", "Tanh", "MLP",
+           "CausalSelfAttention", "Block", "TransformerConfig", "as_rng"]

@@ -15,7 +15,7 @@ Parameter names and layouts follow GPT-2's checkpoints: ``Linear.weight`` is (in
 q, k, v order) and the output projections are ``c_proj``.
 
 Initialisation draws from a ``np.random.Generator`` (``rng``: a Generator, an int seed, or
-None for fresh entropy), always in float64 and then cast, so a float32 and a float64 model
+None for the default generator that ``tl.manual_seed`` seeds), always in float64 and then cast, so a float32 and a float64 model
 built from one seed hold the same numbers up to rounding. ``std=None`` gives PyTorch's
 defaults (Linear: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias; Embedding: N(0, 1));
 a number gives N(0, std) weights and zero biases, GPT-2's scheme.
@@ -31,17 +31,21 @@ from typing import Protocol
 
 import numpy as np
 
-from ..autograd import Tensor
+from ..autograd import Tensor, default_generator
 from ..autograd import functional as F
 from ..errors import ShapeError
 from .module import Module, Parameter
 
 
 def as_rng(rng) -> np.random.Generator:
-    """A Generator from a Generator (returned as is), an int seed, or None (fresh entropy)."""
+    """A Generator from a Generator (returned as is), an int seed, or None: the default
+    generator, which ``tl.manual_seed`` seeds (so ``tl.manual_seed(0); nn.Linear(3, 4)`` is
+    reproducible, as in PyTorch)."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
+    if rng is None:
+        return default_generator()
+    if isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise TypeError(f"rng must be a numpy Generator, an int seed or None, "
                     f"got {type(rng).__name__}")
@@ -172,6 +176,38 @@ class Dropout(Module):
 
     def __repr__(self):
         return f"Dropout(p={self.p})"
+
+
+class ReLU(Module):
+    """max(x, 0), elementwise: the module form of ``tl.relu``, for ``Sequential``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+
+class GELU(Module):
+    """GELU, elementwise, as ``torch.nn.GELU``: the exact erf form by default
+    (``approximate="none"``, PyTorch's default), or GPT-2's tanh form (``"tanh"``, what
+    ``tl.gelu`` and the GPT's MLP use)."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class Tanh(Module):
+    """tanh(x), elementwise."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.tanh(x)
 
 
 class MLP(Module):
@@ -313,4 +349,4 @@ class Block(Module):
 
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "MLP", "CausalSelfAttention",
-           "Block", "TransformerConfig", "as_rng"]
+           "Block", "TransformerConfig", "as_rng", "ReLU", "GELU", "Tanh"]

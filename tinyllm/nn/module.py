@@ -4,6 +4,12 @@ Assigning a ``Parameter`` or a ``Module`` to an attribute registers it, so
 ``named_parameters()`` can walk the tree and give every parameter a dotted name
 (``transformer.h.0.attn.c_attn.weight``). A parameter reachable under two names (a tied
 head) is listed once, under the first name met.
+
+The containers: ``ModuleList`` (a list), ``Sequential`` (modules called in order) and
+``ModuleDict`` (by key); their children are named "0", "1", ... or by key, so parameter names
+match PyTorch's ("0.weight", "enc.bias"). The tree is walked as PyTorch walks it:
+``modules()`` / ``named_modules()`` depth first, ``children()`` one level, ``apply(fn)``
+children before parents.
 """
 from __future__ import annotations
 
@@ -58,16 +64,60 @@ class Module:
 
     # ------------------------------------------------------------ walking the tree
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """(dotted name, module) of this module ("") and every module below it, each once,
+        depth first in registration order (a parent before its children), as in PyTorch."""
         seen = set()
         stack = [(prefix, self)]
         while stack:
-            name, m = stack.pop(0)
+            name, m = stack.pop()
             if id(m) in seen:
                 continue
             seen.add(id(m))
             yield name, m
-            for child, sub in m._modules.items():
+            for child, sub in reversed(list(m._modules.items())):
                 stack.append((f"{name}.{child}" if name else child, sub))
+
+    def modules(self) -> Iterator["Module"]:
+        """This module and every module below it, each once (as PyTorch's ``modules()``)."""
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """(name, module) of the direct sub-modules, in the order they were assigned."""
+        seen = set()
+        for name, m in self._modules.items():
+            if id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
+
+    def children(self) -> Iterator["Module"]:
+        """The direct sub-modules (not their sub-modules: ``modules()`` walks the tree)."""
+        for _, m in self.named_children():
+            yield m
+
+    def apply(self, fn) -> "Module":
+        """Call ``fn(m)`` on every sub-module, children before their parent, then on this
+        module; returns this module. The usual use is an initialiser::
+
+            def init(m):
+                if isinstance(m, tl.nn.Linear):
+                    m.weight.data[...] = rng.normal(0, 0.02, m.weight.shape)
+            model.apply(init)
+        """
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Set ``requires_grad`` on every parameter (False freezes the whole module; a frozen
+        parameter's ``.grad`` is cleared); returns this module. ``freeze(pattern)`` does it by
+        name."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+            if not requires_grad:
+                p.grad = None
+        return self
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, Parameter) pairs, each parameter once."""
@@ -166,11 +216,14 @@ class Module:
         return names
 
     def __repr__(self):
+        """The tree of sub-modules, one per line, as PyTorch prints it."""
+        if not self._modules:
+            return f"{type(self).__name__}()"
         lines = [f"{type(self).__name__}("]
         for name, m in self._modules.items():
             sub = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
-        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}()"
+        return "\n".join(lines + [")"])
 
 
 class ModuleList(Module):
@@ -194,3 +247,103 @@ class ModuleList(Module):
 
     def __getitem__(self, i):
         return self._items[i]
+
+
+class Sequential(Module):
+    """Modules called in order, each on the previous one's output:
+    ``Sequential(Linear(2, 8), ReLU(), Linear(8, 1))``. Registered under "0", "1", ... (so
+    parameters are named "0.weight", "2.bias", as in PyTorch), or under the keys of a dict
+    passed as the one argument: ``Sequential({"fc": Linear(2, 8), "act": ReLU()})``.
+    Indexing gives a module (``seq[0]``) or, with a slice, a Sequential of the same modules.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, m in items:
+            _check_child("Sequential", name, m)
+            setattr(self, name, m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def append(self, m: Module) -> "Sequential":
+        _check_child("Sequential", str(len(self)), m)
+        setattr(self, str(len(self._modules)), m)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        mods = list(self._modules.items())
+        if isinstance(i, slice):
+            return Sequential(dict(mods[i]))
+        try:
+            return mods[i][1]
+        except (IndexError, TypeError):
+            raise IndexError(f"Sequential: index {i!r} out of range for {len(mods)} "
+                             f"modules") from None
+
+
+class ModuleDict(Module):
+    """Sub-modules by name, like a dict: ``d["enc"]``, ``d["dec"] = Linear(4, 4)``, ``"enc" in
+    d``, ``keys()``, ``items()``. Parameters are named "<key>.weight" and so on, as in PyTorch.
+    Keys are strings without dots; a ModuleDict has no forward of its own."""
+
+    def __init__(self, modules: dict | None = None):
+        super().__init__()
+        for k, m in (modules or {}).items():
+            self[k] = m
+
+    def __setitem__(self, key: str, m: Module) -> None:
+        _check_child("ModuleDict", key, m)
+        if isinstance(key, str) and key not in self._modules and (
+                key in self.__dict__ or hasattr(type(self), key)):
+            raise KeyError(f"ModuleDict: key {key!r} would shadow the attribute of that name")
+        setattr(self, key, m)
+
+    def __getitem__(self, key: str) -> Module:
+        try:
+            return self._modules[key]
+        except KeyError:
+            raise KeyError(f"ModuleDict: no module {key!r}; keys are "
+                           f"{', '.join(self._modules) or 'none'}") from None
+
+    def __delitem__(self, key: str) -> None:
+        self[key]
+        delattr(self, key)
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+
+def _check_child(where: str, name, m) -> None:
+    if not isinstance(m, Module):
+        raise TypeError(f"{where}: {name!r} must be a Module, got {type(m).__name__}")
+    if not isinstance(name, str) or not name or "." in name:
+        raise KeyError(f"{where}: a module name must be a non-empty string without dots, "
+                       f"got {name!r}")

@@ -125,7 +125,8 @@ class Dropout(Function):
 def dropout(x, p=0.5, training=True, rng=None):
     """Inverted dropout: zero each element with probability p and scale the rest by 1/(1-p).
 
-    ``rng`` is a ``np.random.Generator`` (or an int seed); None draws fresh entropy.
+    ``rng`` is a ``np.random.Generator`` (or an int seed); None draws from the default
+    generator (``tl.manual_seed`` seeds it).
     In eval mode (training=False) or with p=0 it returns x itself.
     """
     if not 0.0 <= p <= 1.0:
@@ -134,6 +135,9 @@ def dropout(x, p=0.5, training=True, rng=None):
         return x
     if p == 1.0:
         return x * 0.0
-    if not isinstance(rng, np.random.Generator):
+    if rng is None:
+        from ..creation import default_generator
+        rng = default_generator()
+    elif not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     return Dropout.apply(x, float(p), rng)
