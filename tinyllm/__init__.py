@@ -16,9 +16,7 @@ from . import runtime, kernels, nn, models, optim, data, train, infer  # noqa: E
 from .infer import beam_search, generate
 from .train.persist import load, save
 
-from .autograd.figures import enable_inline as _enable_inline
 
-_enable_inline()        # in Jupyter, Figures that tinyllm returns draw inline (figures.py)
 
 __version__ = "0.1.0"
 __all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional",

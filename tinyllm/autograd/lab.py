@@ -56,8 +56,8 @@ class EpsSweep:
         """A log-log Figure of error against eps, one line per dtype. A plain
         ``matplotlib.figure.Figure`` (no pyplot state, the backend left as it is): save it
         with ``fig.savefig(path)``, or show it as the last value of a notebook cell."""
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(6, 4))
+        from .figures import new_figure
+        fig = new_figure(figsize=(6, 4))
         ax = fig.subplots()
         for name, err in self.errors.items():
             ax.loglog(self.eps, np.maximum(err, 1e-18), "o-", label=name)

@@ -167,7 +167,7 @@ def _compact(v) -> str:
 
 
 def plot_times(result, path: str) -> str:
-    from matplotlib.figure import Figure
+    from ..autograd.figures import new_figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter, NullLocator
     rows = result["kernels"]
@@ -177,7 +177,7 @@ def plot_times(result, path: str) -> str:
             fams.append(r["name"])
     ncol = min(4, max(1, len(fams)))
     nrow = max(1, math.ceil(len(fams) / ncol))
-    fig = Figure(figsize=(4.2 * ncol, 3.3 * nrow + 0.6))
+    fig = new_figure(figsize=(4.2 * ncol, 3.3 * nrow + 0.6))
     axes = fig.subplots(nrow, ncol, squeeze=False)
     impls = [i for i in IMPL_ORDER if any(r["impl"] == i for r in rows)]
     for ax, fam in zip(axes.flat, fams):
@@ -223,10 +223,10 @@ def plot_times(result, path: str) -> str:
 
 def plot_roofline(result, path: str) -> str:
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
+    from ..autograd.figures import new_figure
     c = result["ceilings"]
     rows = result["kernels"]
-    fig = Figure(figsize=(8, 5.5))
+    fig = new_figure(figsize=(8, 5.5))
     ax = fig.subplots()
     ai = [r["intensity"] for r in rows] or [1.0]
     lo, hi = min(ai + [0.05]) / 2, max(ai + [200]) * 2

@@ -511,10 +511,10 @@ class Trainer:
 def plot_metrics(records: list, path: str, title: str = "loss") -> str:
     """Train and val loss against step from metrics records, as a PNG at ``path``. Drawn on a
     ``matplotlib.figure.Figure`` (no pyplot state, no backend switch)."""
-    from matplotlib.figure import Figure
+    from ..autograd.figures import new_figure
     tr = [(r["step"], r["loss"]) for r in records if "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     if tr:
         ax.plot(*zip(*tr), label="train", lw=1)
