@@ -22,7 +22,6 @@ missing from an older checkpoint takes its field's default). A field declared wi
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -462,30 +461,6 @@ def rnn_trainer(p: Preset, out: str | None, resume: bool = False, log=print, **t
     return trainer, task, held
 
 
-# ------------------------------------------------------------------ timing helpers
-
-def seconds_per_step(model, batch, steps: int = 3) -> float:
-    """Median wall time of a forward+backward on ``batch`` (after one warm-up step that
-    also compiles the kernels)."""
-    x, y = batch
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        _, loss = model(x, y)
-        loss.backward()
-        model.zero_grad()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def steps_for_budget(model, batch, budget: float, lo: int, hi: int, overhead: float = 1.1):
-    """How many steps fit in ``budget`` seconds, within [lo, hi]."""
-    per = seconds_per_step(model, batch) * overhead
-    return int(min(hi, max(lo, budget / per))), per
-
-
 __all__ = ["Preset", "GPTModel", "RNNModel", "RNNConfig", "TextData", "TaskData",
            "GPT_PRESETS", "RNN_PRESETS", "SettingsError", "make_preset", "resume_preset",
-           "build_model", "load_model", "gpt_trainer", "rnn_trainer", "unigram_baseline",
-           "steps_for_budget"]
+           "build_model", "load_model", "gpt_trainer", "rnn_trainer", "unigram_baseline"]
