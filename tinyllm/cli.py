@@ -129,10 +129,7 @@ def cmd_demo(args) -> int:
     from .train.demo import demo
     _writable_dir(args.out, "--out")
     runtime.configure(keep_freed_memory=True)
-    budget = {}
-    if args.quick:                      # a smoke run: seconds, not minutes
-        budget = {"rnn_steps": 60, "rnn": 6.0, "rnn_plain": 4.0, "gpt": 10.0}
-    demo(args.out, budget=budget)
+    demo(args.out, quick=args.quick)    # --quick: a smoke run with few steps per phase
     return 0
 
 

@@ -168,8 +168,10 @@ def _demo_gpt(b, out, log, summary, progress=True):
     from ..infer import generate
     steps = b["gpt_steps"]
     p = make_preset("gpt", "small")
+    # 8 validations along the way (each is eval_batches forward passes); a short (--quick)
+    # run validates once, at its end
     p = p.replace(max_steps=steps, warmup_steps=min(p.train.warmup_steps, steps // 10),
-                  eval_every=max(1, steps // 8))
+                  eval_every=steps // 8 if steps >= 80 else steps)
     folder = os.path.join(out, "gpt")
     trainer, tok, train, val = gpt_trainer(p, None, folder, log=log, progress=progress)
     B, T = p.data.batch_size, p.model.block_size
