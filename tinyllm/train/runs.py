@@ -227,9 +227,17 @@ def _rnn(model: dict, train: dict, data: dict) -> Preset:
 
 GPT_PRESETS = {
     # A: the issue's reference configuration (PyTorch: val 1.46 after 110 s here); the
-    # benchmark's config A (tinyllm.bench.specs) is this shape
+    # benchmark's config A (tinyllm.bench.specs) is this shape.
+    # A constant learning rate (min_lr = lr, no warmup), not warmup + cosine: the embedding
+    # row of the window's last position (block_size - 1) is learnt only through its query (no
+    # later position attends to it as a key), so it is learnt last, and a cosine had taken
+    # the lr down before it was. Measured with the demo's 1000 steps (issue 10): warmup 100 +
+    # cosine to 2e-4 gave val 1.428 but 2.27 nats at position 127 against a median of 1.40
+    # (samples went bad past 128 characters, where every character is predicted there);
+    # constant 2e-3 gives val 1.440 and 1.40 at position 127 against 1.43
+    # (tests/test_positions.py). Clipping (1.0) and the decay groups were not the cause.
     "small": _gpt(dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, bias=True),
-                  dict(max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+                  dict(max_steps=2000, lr=2e-3, min_lr=2e-3, warmup_steps=0,
                        weight_decay=0.1, beta2=0.99, eval_every=200, eval_batches=16,
                        grad_clip=1.0),
                   dict(batch_size=16, tokenizer="char", bpe_vocab=512, dtype="float32")),
