@@ -168,7 +168,7 @@ def test_presets_are_three_dataclasses_with_the_usual_settings():
     small = GPT_PRESETS["small"]
     assert (small.model.n_layer, small.model.n_head, small.model.n_embd,
             small.model.block_size, small.data.batch_size) == (4, 4, 128, 128, 16)
-    assert (small.train.max_steps, small.train.lr, small.train.min_lr) == (2000, 2e-3, 2e-4)
+    assert (small.train.max_steps, small.train.lr, small.train.min_lr) == (2000, 2e-3, 2e-3)
     rev = RNN_PRESETS["reversal-long"]
     assert (rev.data.min_len, rev.data.max_len, rev.model.d_hidden, rev.train.beta2,
             rev.train.eval_every) == (10, 20, 128, 0.999, 500)
