@@ -10,20 +10,12 @@ from tinyllm.data import BPETokenizer, CharTokenizer, default_corpus, train_val_
 from tinyllm.train.evaluate import evaluate_gpt, sample_windows, units_per_token
 from tinyllm.train.runs import load_model
 
-TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
-        "it was the age of foolishness. ") * 40
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_every=3", "--eval_batches=2", "--warmup_steps=2", "--progress=false"]
+from _tiny_runs import TEXT, TINY, train_tiny_gpt  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("eval")
-    (d / "text.txt").write_text(TEXT)
-    out = d / "run"
-    assert cli.main(["train", "--model", "gpt", "--config", "tiny", "--data",
-                     str(d / "text.txt"), "--out", str(out), "--max_steps=3"] + TINY) == 0
-    return d, out
+    return train_tiny_gpt(tmp_path_factory.mktemp("eval"))
 
 
 def _value(out: str, name: str) -> float:
