@@ -14,3 +14,11 @@ def train_tiny_gpt(d):
     assert cli.main(["train", "--model", "gpt", "--config", "tiny", "--data",
                      str(d / "text.txt"), "--out", str(out), "--max_steps=3"] + TINY) == 0
     return d, out
+
+
+def train_tiny_rnn(out, steps: int) -> None:
+    """Train ``steps`` steps of a small attention RNN on the copy task into run folder ``out``."""
+    assert cli.main(["train", "--model", "rnn", "--config", "copy", "--out", str(out),
+                     f"--max_steps={steps}", "--d_embed=8", "--d_hidden=16", "--d_attn=8",
+                     "--n_train=64", "--batch_size=8", "--eval_every=2",
+                     "--progress=false"]) == 0

@@ -10,7 +10,7 @@ from tinyllm.data import BPETokenizer, CharTokenizer, default_corpus, train_val_
 from tinyllm.train.evaluate import evaluate_gpt, sample_windows, units_per_token
 from tinyllm.train.runs import load_model
 
-from _tiny_runs import TEXT, TINY, train_tiny_gpt  # noqa: E402  (tests/ is on sys.path)
+from _tiny_runs import TEXT, TINY, train_tiny_gpt, train_tiny_rnn  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +101,7 @@ def test_eval_bad_input(run_dir, tmp_path, capsys):
 
 def test_eval_of_an_rnn_checkpoint(tmp_path, capsys):
     out = tmp_path / "rnn"
-    assert cli.main(["train", "--model", "rnn", "--config", "copy", "--out", str(out),
-                     "--max_steps=2", "--d_embed=8", "--d_hidden=16", "--d_attn=8",
-                     "--n_train=64", "--batch_size=8", "--eval_every=2",
-                     "--progress=false"]) == 0
+    train_tiny_rnn(out, steps=2)
     trained = capsys.readouterr().out
     assert cli.main(["eval", "--checkpoint", str(out)]) == 0
     text = capsys.readouterr().out

@@ -14,11 +14,10 @@ from tinyllm.train import runs
 from tinyllm.train.runs import (GPT_PRESETS, RNN_PRESETS, Preset, SettingsError, make_preset,
                                 resume_preset)
 
-TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
-        "it was the age of foolishness. ") * 40
-TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--eval_every=3", "--eval_batches=2", "--warmup_steps=2", "--progress=false",
-        "--log_every=1"]
+from _tiny_runs import TEXT, train_tiny_rnn  # noqa: E402  (tests/ is on sys.path)
+from _tiny_runs import TINY as _TINY  # noqa: E402
+
+TINY = _TINY + ["--log_every=1"]
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +112,7 @@ def test_bad_input_is_one_line(run_dir, capsys, argv, code, msg):
 
 def test_rnn_train_and_answer(tmp_path, capsys):
     out = tmp_path / "rnn"
-    assert cli.main(["train", "--model", "rnn", "--config", "copy", "--out", str(out),
-                     "--max_steps=4", "--d_embed=8", "--d_hidden=16", "--d_attn=8",
-                     "--n_train=64", "--batch_size=8", "--eval_every=2",
-                     "--progress=false"]) == 0
+    train_tiny_rnn(out, steps=4)
     assert "held-out exact match" in capsys.readouterr().out
     assert cli.main(["generate", "--checkpoint", str(out), "--prompt", "b c d e f",
                      "--temperature", "0"]) == 0
