@@ -482,6 +482,50 @@ def _all_op_names() -> list:
     return [op.name for op in OPS]
 
 
+def cmd_finetune(args) -> int:
+    from .finetune import lab
+    from .finetune.run import FinetuneError
+    runtime.configure(keep_freed_memory=True)
+    try:
+        ft, pt, data = lab.split_settings(args.settings)
+        if args.quick:
+            q = dict(lab.QUICK)
+            for k in ("n_train", "n_valid"):
+                data.setdefault(k, q.pop(k))
+            pt.setdefault("steps", q.pop("pretrain_steps"))
+            pt.setdefault("eval_every", q.pop("pretrain_eval_every"))
+            ft.setdefault("epochs", q.pop("epochs"))
+        if args.strategy:
+            ft["strategy"] = args.strategy
+        if args.epochs is not None:
+            ft["epochs"] = args.epochs
+        fc, pc = lab.make_configs(ft, pt)
+        _writable_dir(args.out, "--out")
+        if args.pretrain_only:
+            _, _, s = lab.encoder(pc, args.pretrained, progress=True)
+            return 0
+        if args.compare:
+            if args.strategy:
+                raise FinetuneError("--compare runs every strategy; --strategy is for one run")
+            lab.compare(args.compare, ft, pc, args.train, args.valid, args.out, data,
+                        args.pretrained)
+            print(f"table: {args.out}/compare.md, compare.json, compare.png")
+            return 0
+        r = lab.run_one(fc, pc, args.train, args.valid, args.out, data, args.pretrained)
+    except FinetuneError as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        print("tinyllm: interrupted (the pretrained encoder's checkpoint is kept; a new run "
+              "resumes its pretraining)", file=sys.stderr)
+        return 130
+    print(f"{r['strategy']}: EM {r['em']:.1f}, F1 {r['f1']:.1f}; {r['trainable']:,} trainable "
+          f"parameters ({100 * r['trainable_share']:.1f}%), {r['steps']} steps in "
+          f"{r['train_seconds']:.0f} s; MLM loss {r['mlm_loss_before']:.3f} -> "
+          f"{r['mlm_loss_after']:.3f}")
+    print(f"written: {args.out}/result.json, metrics.jsonl, curves.png")
+    return 0
+
+
 def _parser():
     from . import __version__
     p = _Parser(prog="tinyllm", description="tinyllm: LLM math you can read, check and time.")
@@ -546,6 +590,33 @@ def _parser():
     ev.set_defaults(run=cmd_eval)
     ops_list = ", ".join(_all_op_names())
     op_help = f"only this op (repeatable; default: every op), one of: {ops_list}"
+    fi = sub.add_parser("finetune", help="the document's section 5: fine-tune a pretrained "
+                        "encoder for QA (strategies, LoRA, comparison)",
+                        epilog="Settings as --key=value: any fine-tuning setting (lr, "
+                        "batch_size, weight_decay, l2, dropout, patience, augment, last_k, "
+                        "lora_r, lora_alpha, lora_targets, joint_weight, ...), pretraining "
+                        "ones prefixed pretrain_ (pretrain_steps=...), n_train / n_valid for "
+                        "the generated stories.")
+    fi.add_argument("--task", choices=("qa",), default="qa", help="the task (default qa: "
+                    "extractive question answering, SQuAD v1.1 format)")
+    fi.add_argument("--strategy", choices=("full", "frozen", "last-k", "lora", "scratch",
+                                           "joint"),
+                    help="what trains (default full)")
+    fi.add_argument("--train", help="a SQuAD v1.1 JSON file (default: generated stories)")
+    fi.add_argument("--valid", help="a SQuAD v1.1 JSON file, with --train")
+    fi.add_argument("--epochs", type=int, help="passes over the training set (default 4)")
+    fi.add_argument("--out", default="runs/finetune", help="output folder (default "
+                    "runs/finetune)")
+    fi.add_argument("--compare", nargs="?", const="strategies",
+                    choices=("strategies", "regularisation"),
+                    help="run every strategy (or every regulariser) and write a table")
+    fi.add_argument("--quick", action="store_true", help="a small, fast version (~1-2 min): "
+                    "fewer stories, a short pretraining, one epoch")
+    fi.add_argument("--pretrained", help="the pretrained encoder's folder (default: the "
+                    "cache, $TINYLLM_CACHE or ~/.cache/tinyllm; pretrained there if missing)")
+    fi.add_argument("--pretrain-only", action="store_true", help="only pretrain (or load) "
+                    "the encoder")
+    fi.set_defaults(run=cmd_finetune)
     g = sub.add_parser("gradcheck", help="gradcheck every registered op (float64)")
     g.add_argument("--op", action="append", metavar="OP", help=op_help)
     g.add_argument("--samples", type=int, default=3, help="random samples per op")
@@ -641,11 +712,11 @@ def main(argv=None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise UsageError("a command is needed: demo, train, generate, eval, bench, "
-                             "gradcheck, eps-sweep or taylor (see --help)")
-        if extra and args.command != "train":
+            raise UsageError("a command is needed: demo, train, generate, eval, finetune, "
+                             "bench, gradcheck, eps-sweep or taylor (see --help)")
+        if extra and args.command not in ("train", "finetune"):
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command == "train":
+        if args.command in ("train", "finetune"):
             bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
             if bad:
                 raise UsageError(f"unrecognized argument {bad[0]!r} (settings are "

@@ -1,8 +1,9 @@
-"""``tl.models``: GPT (GPT-2's transformer) and AttentionRNN (the document's model, eq. 4.1-4.2).
+"""``tl.models``: GPT (GPT-2's transformer), Bert (a BERT-style encoder) and AttentionRNN (the document's model, eq. 4.1-4.2).
 """
+from .bert import Bert, BertConfig, lora_targets
 from .gpt import GPT, GPTConfig, KVCache
 
-__all__ = ["GPT", "GPTConfig", "KVCache"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "Bert", "BertConfig", "lora_targets"]
 
 try:                                    # written separately; the package imports without it
     from .attention_rnn import AttentionRNN, RNNConfig  # noqa: F401
