@@ -21,6 +21,7 @@ import time
 
 from ..data import generate_stories, load_squad, write_squad
 from .baselines import baseline_scores
+from ..train.checkpoint import CheckpointError
 from .pretrain import CorpusMLM, PretrainConfig, default_folder, load_pretrained, pretrain
 from .run import FinetuneConfig, FinetuneError, finetune
 
@@ -117,11 +118,16 @@ def load_data(train_path, valid_path, folder, data: dict, max_len: int, log=prin
 
 
 def encoder(pc: PretrainConfig, folder: str | None, log=print, progress=True):
-    """The pretrained encoder (pretraining it first when the cache lacks it):
-    (model, vocab, summary)."""
-    folder = folder or default_folder(pc)
+    """The pretrained encoder: (model, vocab, summary). ``folder`` None: the cache folder of
+    ``pc``, pretrained first when the cache lacks it (or resumed when it stopped early). A
+    given folder that holds a finished encoder is loaded as it is, whatever ``pc`` says."""
     t0 = time.perf_counter()
-    s = pretrain(folder, pc, log=log, progress=progress)
+    if folder and os.path.exists(os.path.join(folder, "pretrain.json")):
+        with open(os.path.join(folder, "pretrain.json")) as f:
+            s = dict(json.load(f), reused=True)
+    else:
+        s = pretrain(folder or default_folder(pc), pc, log=log, progress=progress)
+    folder = s["folder"] if not folder else folder
     s["seconds_this_run"] = round(time.perf_counter() - t0, 1)
     if s.get("reused"):
         log(f"pretrained encoder: {folder} (cached: {s['steps']} MLM steps, val loss "
@@ -129,7 +135,10 @@ def encoder(pc: PretrainConfig, folder: str | None, log=print, progress=True):
     else:
         log(f"pretrained encoder: {s['steps']} MLM steps in {s['seconds']:.0f} s, val loss "
             f"{s['val_loss']:.3f}, masked-token accuracy {s['val_acc']:.3f} -> {folder}")
-    model, vocab, _ = load_pretrained(folder)
+    try:
+        model, vocab, _ = load_pretrained(folder)
+    except CheckpointError as e:
+        raise FinetuneError(str(e)) from None
     return model, vocab, s
 
 
@@ -143,8 +152,8 @@ def _check_vocab(vocab, examples):
 
 def run_one(fc, pc, train_path, valid_path, out, data, pretrained_dir=None, log=print,
             progress=True) -> dict:
-    model, vocab, ps = encoder(pc, pretrained_dir, log, progress)
     train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
+    model, vocab, ps = encoder(pc, pretrained_dir, log, progress)
     _check_vocab(vocab, train + valid)
     from ..data import load_corpus
     corpus = CorpusMLM(vocab, load_corpus(), 32, pc.max_position)
@@ -160,10 +169,10 @@ def compare(kind: str, ft: dict, pc: PretrainConfig, train_path, valid_path, out
     """Every row of ``COMPARE`` (or ``REGULARISATION``) with the same data, encoder and base
     settings ``ft``; writes compare.md, compare.json and compare.png into ``out``."""
     rows_spec = COMPARE if kind == "strategies" else REGULARISATION
+    train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
     t0 = time.perf_counter()
     model, vocab, ps = encoder(pc, pretrained_dir, log, progress)
     t_pre = time.perf_counter() - t0
-    train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
     _check_vocab(vocab, train + valid)
     from ..data import load_corpus
     corpus = CorpusMLM(vocab, load_corpus(), 32, pc.max_position)

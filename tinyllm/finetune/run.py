@@ -233,7 +233,7 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
     setup = build(cfg, pretrained)
     model = setup.model
     frozen_before = {n: p.data.copy() for n, p in model.named_parameters()
-                     if not p.requires_grad} if setup.cache_layer is not None else None
+                     if not p.requires_grad}
     mlm_before = mlm_evaluate(model, corpus)["loss"] if corpus else None
     t0 = time.perf_counter()
     enc_train = enc_valid = None
@@ -321,10 +321,8 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
     final = evaluate(model, valid, fva, cfg.max_answer_len, encode=enc_valid)
     log(f"Validation Accuracy: {final['em']:.1f}")
     mlm_after = mlm_evaluate(model, corpus)["loss"] if corpus else None
-    unchanged = None
-    if frozen_before is not None:
-        cur = dict(model.named_parameters())
-        unchanged = all(np.array_equal(cur[n].data, a) for n, a in frozen_before.items())
+    cur = dict(model.named_parameters())       # the frozen part, bitwise as it was loaded
+    unchanged = all(np.array_equal(cur[n].data, a) for n, a in frozen_before.items())
     result = {
         "strategy": cfg.strategy, "config": asdict(cfg), "trainable": n_train,
         "parameters": n_total, "trainable_share": n_train / n_total, "steps": step,
