@@ -12,7 +12,7 @@ import pytest
 import tinyllm as tl
 from tinyllm.data import QAExample, generate_stories
 from tinyllm.finetune.pretrain import CorpusMLM, PretrainConfig, load_pretrained, pretrain
-from tinyllm.finetune.qa import (best_spans, encode_examples, make_batch, predict, span_loss,
+from tinyllm.finetune.qa import (best_spans, encode_examples, make_batch, span_loss,
                                  word_bounds)
 from tinyllm.finetune.run import FeatureCache, FinetuneConfig, FinetuneError, build, finetune
 from tinyllm.finetune.vocab import CLS, SEP, EncoderVocab
