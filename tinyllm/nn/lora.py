@@ -417,12 +417,14 @@ def load_adapters(model: Module, path: str) -> list[str]:
     extra = [k for k in arrays if k not in targets]
     bad = [f"{k} {arrays[k].shape} vs {targets[k].shape}" for k in targets
            if k in arrays and arrays[k].shape != targets[k].shape]
+    bad += [f"{k} has dtype {arrays[k].dtype}" for k in targets
+            if k in arrays and arrays[k].dtype.kind != "f"]
     if missing or extra or bad:
         raise ValueError(f"load_adapters: {tpath}: "
                          + "; ".join(filter(None, [
                              missing and f"missing {', '.join(missing)}",
                              extra and f"unexpected {', '.join(extra)}",
-                             bad and f"shapes differ: {', '.join(bad)}"])))
+                             bad and f"bad arrays: {', '.join(bad)}"])))
     for k, t in targets.items():
         t.data[...] = arrays[k]
     return list(targets)
