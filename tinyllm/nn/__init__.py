@@ -2,8 +2,12 @@
 layers built on ``tl.functional``."""
 from .layers import (GELU, MLP, Block, CausalSelfAttention, Dropout, Embedding, LayerNorm,
                      Linear, ReLU, Tanh, TransformerConfig, as_rng)
+from .lora import (LoRALinear, apply_lora, load_adapters, lora_state_dict, merge_lora,
+                   save_adapters, unmerge_lora)
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 
 __all__ = ["Module", "ModuleList", "Sequential", "ModuleDict", "Parameter", "Linear",
            "Embedding", "LayerNorm", "Dropout", "ReLU", "GELU", "Tanh", "MLP",
-           "CausalSelfAttention", "Block", "TransformerConfig", "as_rng"]
+           "CausalSelfAttention", "Block", "TransformerConfig", "as_rng", "LoRALinear",
+           "apply_lora", "lora_state_dict", "save_adapters", "load_adapters", "merge_lora",
+           "unmerge_lora"]

@@ -77,6 +77,37 @@ class Module:
             for child, sub in reversed(list(m._modules.items())):
                 stack.append((f"{name}.{child}" if name else child, sub))
 
+    def get_submodule(self, target: str) -> "Module":
+        """The module at a dotted path (``"encoder.layer.0.attention"``; ``""`` is this
+        module), as PyTorch's ``get_submodule``. KeyError naming the first part not found."""
+        m = self
+        for i, part in enumerate(target.split(".") if target else []):
+            if part not in m._modules:
+                where = ".".join(target.split(".")[:i]) or type(self).__name__
+                raise KeyError(f"get_submodule: {target!r}: {where} has no sub-module "
+                               f"{part!r} (it has {', '.join(m._modules) or 'none'})")
+            m = m._modules[part]
+        return m
+
+    def set_submodule(self, target: str, module: "Module") -> None:
+        """Replace the existing sub-module at a dotted path by ``module``, in its place: its
+        position among its siblings (so parameter order, a Sequential's call order, a
+        ModuleList's index) is kept. KeyError when no module is there."""
+        if not isinstance(module, Module):
+            raise TypeError(f"set_submodule: {target!r}: expected a Module, got "
+                            f"{type(module).__name__}")
+        if not target:
+            raise KeyError("set_submodule: the target path is empty (cannot replace the root)")
+        parent_path, _, name = target.rpartition(".")
+        parent = self.get_submodule(parent_path)
+        if name not in parent._modules:
+            raise KeyError(f"set_submodule: {target!r}: {parent_path or type(self).__name__} "
+                           f"has no sub-module {name!r}")
+        parent._modules[name] = module                # same key: dict order is kept
+        object.__setattr__(parent, name, module)
+        if isinstance(parent, ModuleList):
+            parent._items[int(name)] = module          # its children are named "0", "1", ...
+
     def modules(self) -> Iterator["Module"]:
         """This module and every module below it, each once (as PyTorch's ``modules()``)."""
         for _, m in self.named_modules():
