@@ -90,7 +90,10 @@ def test_lse_matches_reference(impl, dtype, params):
     _, c_r = tl.kernels.get(A, "numpy").forward(*arrays, **opts)
     _, c = tl.kernels.get(A, impl).forward(*arrays, **opts)
     assert c.lse.dtype == dtype and c.lse.shape == arrays[0].shape[:3]
-    assert rel(c.lse, c_r.lse) <= TOL[dtype]
+    # -inf exactly where the reference has it (a row with every key masked)
+    np.testing.assert_array_equal(np.isneginf(c.lse), np.isneginf(c_r.lse))
+    fin = np.isfinite(c_r.lse)
+    assert rel(c.lse[fin], c_r.lse[fin]) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("impl", FAST)
@@ -189,6 +192,268 @@ def test_bad_input(impl):
     out, cache = ker.forward(x, x, x)
     with pytest.raises(ShapeError, match="attention"):
         ker.backward(np.zeros((1, 2, 5, 3), np.float32), cache)
+
+
+# ---------------------------------------------------------------- attention with a key mask
+
+def end_mask(B, T, lengths):
+    """(B, T) bool: row b is a sequence of lengths[b] real tokens, then padding."""
+    return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
+
+def masks(T):
+    """Key masks of a 4-row batch: padding at the end (a full row, one across a tile edge,
+    length 1, all padding), and leading + scattered padding (causal rows with no key)."""
+    lead = np.ones((4, T), bool)
+    lead[0, :3] = False                                 # causal rows 0..2 see no key
+    lead[1, ::2] = False
+    lead[2, T // 2:] = False
+    lead[3, :] = False
+    return {"end": end_mask(4, T, [T, 65, 1, 0]), "lead": lead}
+
+
+def additive_mask_oracle(q, k, v, causal, key_mask, dout):
+    """out, lse and (dq, dk, dv) in plain float64 NumPy from an additive mask M_ts (0 where
+    allowed, -inf where not), with a row that allows nothing defined as P = 0."""
+    B, H, T, hs = q.shape
+    allowed = np.broadcast_to(key_mask[:, None, None, :], (B, H, T, T)).copy()
+    if causal:
+        allowed &= np.tril(np.ones((T, T), bool))
+    M = np.where(allowed, 0.0, -np.inf)
+    S = np.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(hs) + M
+    P = np.zeros_like(S)
+    lse = np.full((B, H, T), -np.inf)
+    for b, h, t in np.ndindex(B, H, T):
+        row = S[b, h, t]
+        if np.isfinite(row).any():
+            m = row[np.isfinite(row)].max()
+            w = np.exp(row - m)
+            P[b, h, t] = w / w.sum()
+            lse[b, h, t] = m + np.log(w.sum())
+    out = P @ v
+    dP = dout @ v.swapaxes(-1, -2)
+    dS = P * (dP - (P * dP).sum(-1, keepdims=True))
+    dq = dS @ k / np.sqrt(hs)
+    dk = dS.swapaxes(-1, -2) @ q / np.sqrt(hs)
+    dv = P.swapaxes(-1, -2) @ dout
+    return out, lse, (dq, dk, dv)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("which", ["end", "lead"])
+def test_key_mask_matches_additive_mask_oracle(impl, causal, which):
+    shape = (4, 2, 70, 5)
+    rng = seed("oracle", impl, causal, which)
+    q, k, v = qkv(rng, shape, np.float64)
+    dout = rng.standard_normal(shape)
+    m = masks(shape[2])[which]
+    ker = tl.kernels.get(A, impl)
+    o, c = ker.forward(q, k, v, causal=causal, key_mask=m)
+    o_w, lse_w, grads_w = additive_mask_oracle(q, k, v, causal, m, dout)
+    assert rel(o, o_w) <= 1e-12
+    np.testing.assert_array_equal(np.isneginf(c.lse), np.isneginf(lse_w))
+    assert np.isneginf(lse_w).any()                     # some rows do attend to nothing
+    fin = np.isfinite(lse_w)
+    assert rel(c.lse[fin], lse_w[fin]) <= 1e-12
+    for g, g_w in zip(ker.backward(dout, c), grads_w):
+        assert rel(g, g_w) <= 1e-12
+    # the mask mattered: without it the result is another one
+    assert rel(ker.forward(q, k, v, causal=causal)[0], o_w) > 1e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_does_not_reach_real_rows(impl, dtype, causal):
+    """q, k, v at padded positions, changed to anything finite, leave out, lse and dq of
+    every real query row bitwise unchanged (k, v: of every row, and dk, dv at the real keys;
+    a padded query row still attends to the real keys, so its q does move their dk, dv);
+    dk and dv at padded keys are exactly 0."""
+    B, H, T, hs = 4, 2, 130, 8
+    rng = seed("pad", impl, dtype.__name__, causal)
+    m = end_mask(B, T, [T, 65, 1, 0]) & (rng.random((B, T)) < 0.9)
+    ker = tl.kernels.get(A, impl)
+    arrays = qkv(rng, (B, H, T, hs), dtype)
+    dout = rng.standard_normal((B, H, T, hs)).astype(dtype)
+    real = np.broadcast_to(m[:, None, :], (B, H, T))   # (B, H, T) real query rows
+    pad = ~real
+    out, c = ker.forward(*arrays, causal=causal, key_mask=m)
+    grads = ker.backward(dout, c)
+    for g in grads[1:]:
+        assert (g[pad] == 0).all()                      # dk, dv at padded keys
+    assert (grads[2][real] != 0).any()
+    for which in range(3):
+        changed = [a.copy() for a in arrays]
+        changed[which][pad] = (rng.standard_normal(changed[which][pad].shape) * 5).astype(dtype)
+        out2, c2 = ker.forward(*changed, causal=causal, key_mask=m)
+        rows = real if which == 0 else np.ones_like(real)
+        assert np.array_equal(out2[rows], out[rows])
+        assert np.array_equal(c2.lse[rows], c.lse[rows])
+        grads2 = ker.backward(dout, c2)
+        for j, (g, g2) in enumerate(zip(grads, grads2)):
+            if which == 0 and j > 0:
+                continue
+            assert np.array_equal(g2[real], g[real]), (which, j)
+    changed = [a.copy() for a in arrays]
+    changed[1][real] += 1                               # a real key does change the result
+    assert not np.array_equal(ker.forward(*changed, causal=causal, key_mask=m)[0][real],
+                              out[real])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_rows_with_no_key_give_zeros_not_nan(impl, dtype, causal):
+    B, H, T, hs = 4, 3, 67, 4
+    rng = seed("nokey", impl, dtype.__name__, causal)
+    m = masks(T)["lead"]
+    ker = tl.kernels.get(A, impl)
+    q, k, v = qkv(rng, (B, H, T, hs), dtype)
+    dout = rng.standard_normal(q.shape).astype(dtype)
+    with np.errstate(all="raise"):                      # no invalid / overflow on the way
+        out, c = ker.forward(q, k, v, causal=causal, key_mask=m)
+        dq, dk, dv = ker.backward(dout, c)
+    allowed = np.broadcast_to(m[:, None, None, :], (B, H, T, T))
+    if causal:
+        allowed = allowed & np.tril(np.ones((T, T), bool))
+    none = ~allowed.any(-1)                             # (B, H, T) rows with no key
+    assert none[3].all() and not none[:3].all()         # the all-padding batch row
+    if causal:
+        assert none[0, :, :3].all()                     # leading padding: rows 0..2 too
+    assert all(np.isfinite(a).all() for a in (out, dq, dk, dv))
+    assert (out[none] == 0).all() and np.isneginf(c.lse[none]).all()
+    assert np.isfinite(c.lse[~none]).all()
+    assert (dq[none] == 0).all()
+    # every gradient of the all-padding batch row is exactly 0
+    assert all((g[3] == 0).all() for g in (dq, dk, dv))
+    assert (out[~none] != 0).any() and (dq[~none] != 0).any()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unmasked_key_mask_is_no_mask(impl):
+    """An all-True key mask gives the unmasked result bit for bit."""
+    rng = seed("alltrue", impl)
+    q, k, v = qkv(rng, (2, 2, 70, 8), np.float32)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    ker = tl.kernels.get(A, impl)
+    for causal in (True, False):
+        o, c = ker.forward(q, k, v, causal=causal)
+        o_m, c_m = ker.forward(q, k, v, causal=causal, key_mask=np.ones((2, 70), bool))
+        assert np.array_equal(o, o_m) and np.array_equal(c.lse, c_m.lse)
+        for g, g_m in zip(ker.backward(dout, c), ker.backward(dout, c_m)):
+            assert np.array_equal(g, g_m)
+
+
+def masked_family_sizes():
+    fam = tl.kernels.family(A)
+    return [pytest.param(s.params, id=fam.label(s.params))
+            for s in fam.sizes("test") if s.params.get("pad")]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("params", masked_family_sizes())
+def test_masked_family_sizes_give_checkable_gradients(impl, params):
+    """The contract test's finite differences skip NaN and cannot judge a gradient that is
+    zero everywhere: on every masked test size the outputs and gradients are finite, exactly
+    0 where the mask says so, and not 0 elsewhere, so the check has something to judge."""
+    arrays, opts = tl.kernels.family(A).inputs(params, np.dtype(np.float64), seed(params))
+    m = opts["key_mask"]
+    assert m is not None and not m.all()
+    ker = tl.kernels.get(A, impl)
+    out, c = ker.forward(*arrays, **opts)
+    grads = ker.backward(seed("dy", params).standard_normal(out.shape), c)
+    assert all(np.isfinite(a).all() for a in (out, *grads))
+    pad = np.broadcast_to(~m[:, None, :], out.shape[:3])
+    for g in grads[1:]:
+        assert (g[pad] == 0).all()
+    for g in grads:
+        assert (g[~pad] != 0).any()
+    if params["pad"] == "end" and params["B"] > 1:
+        assert all((g[1] == 0).all() for g in (out, *grads))     # the all-padding row
+
+
+def test_finite_differences_catch_a_backward_that_forgets_the_mask():
+    """A backward that recomputes the scores without the key mask (P = exp(S - lse) then
+    leaks onto padded keys) fails the contract's check on a masked size."""
+    from types import SimpleNamespace
+
+    from test_kernel_contract import check_backward
+    ref = tl.kernels.get(A, "numpy")
+    params = {"B": 3, "H": 2, "T": 5, "hs": 3, "causal": False, "pad": "end"}
+    arrays, opts = tl.kernels.family(A).inputs(params, np.dtype(np.float64), seed("plant"))
+    check_backward(ref, arrays, opts, np.random.default_rng(0))
+
+    def forgets(dout, cache):
+        return ref.backward(dout, SimpleNamespace(**{**vars(cache), "key_mask": None}))
+    bad = tl.kernels.Kernel(A, "planted", ref.forward, forgets, ref.inputs)
+    with pytest.raises(AssertionError, match=r"input [qkv]\["):
+        check_backward(bad, arrays, opts, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_key_mask(impl):
+    ker = tl.kernels.get(A, impl)
+    x = np.zeros((2, 3, 5, 4), np.float32)
+    good = np.ones((2, 5), bool)
+    for bad in (good.astype(np.int64), good.astype(np.float32), good.tolist()):
+        with pytest.raises(TypeError, match=r"attention: key_mask must be a bool"):
+            ker.forward(x, x, x, key_mask=bad)
+    for bad in (good[:, :4], good[:1], good[0], good[:, None], np.ones((2, 3, 5), bool)):
+        with pytest.raises(ShapeError, match=r"attention: key_mask must be \(B, T\)"):
+            ker.forward(x, x, x, key_mask=bad)
+    ker.forward(x, x, x, key_mask=good[:, ::-1])        # any layout of the right shape
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_functional_key_mask_gradcheck(impl, causal):
+    F = tl.functional
+    rng = seed("F", causal)
+    q, k, v = qkv(rng, (3, 2, 6, 3), np.float64)
+    m = end_mask(3, 6, [6, 3, 0])
+    m[1, 0] = False                                     # leading padding too
+    with tl.kernels.use(impl):
+        assert tl.gradcheck(
+            lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal, key_mask=m),
+            [q, k, v])
+        # a Tensor mask is read as its array; the padded keys get exactly zero gradient
+        ts = [tl.Tensor(a, requires_grad=True) for a in (q, k, v)]
+        y = F.scaled_dot_product_attention(*ts, causal=causal, key_mask=tl.Tensor(m))
+        (y * tl.Tensor(rng.standard_normal(y.shape))).sum().backward()
+    pad = np.broadcast_to(~m[:, None, :], (3, 2, 6))
+    assert (ts[1].grad[pad] == 0).all() and (ts[2].grad[pad] == 0).all()
+    assert np.isfinite(y.data).all() and (y.data[2] == 0).all()
+    assert (ts[0].grad[~pad] != 0).any()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_key_mask_matches_torch_sdpa(impl, causal):
+    """Against SDPA with a boolean attn_mask (True = take part), on rows that keep at least
+    one key (torch gives NaN on a row with none; tinyllm defines it as 0)."""
+    torch = pytest.importorskip("torch")
+    B, H, T, hs = 3, 2, 70, 8
+    rng = seed("torch-mask", impl, causal)
+    q, k, v = qkv(rng, (B, H, T, hs), np.float64)
+    dout = rng.standard_normal(q.shape)
+    m = end_mask(B, T, [T, 66, 1])
+    m[1, 5:9] = False                                   # some padding inside a row
+    ker = tl.kernels.get(A, impl)
+    o, c = ker.forward(q, k, v, causal=causal, key_mask=m)
+    grads = ker.backward(dout, c)
+    allowed = np.broadcast_to(m[:, None, None, :], (B, 1, T, T))
+    if causal:
+        allowed = allowed & np.tril(np.ones((T, T), bool))
+    assert allowed.any(-1).all()                        # no row without a key here
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    to = torch.nn.functional.scaled_dot_product_attention(
+        tq, tk, tv, attn_mask=torch.from_numpy(np.ascontiguousarray(allowed)))
+    to.backward(torch.tensor(dout))
+    assert rel(o, to.detach().numpy()) <= 1e-10
+    for g, t in zip(grads, (tq, tk, tv)):
+        assert rel(g, t.grad.numpy()) <= 1e-10
 
 
 # ---------------------------------------------------------------- decode_attention

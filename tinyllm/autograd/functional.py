@@ -152,11 +152,15 @@ def mlp(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> Tensor:
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
-                                 scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale [+ causal mask]) v over the time axis (the ``attention`` kernel:
-    flash-style tiles in the Numba version, never the whole T x T matrix).
-    q, k, v (B, H, T, hs) -> (B, H, T, hs); scale defaults to 1/sqrt(hs)."""
-    return _kernel("attention", q, k, v, grad_args=(0, 1, 2), causal=causal, scale=scale)
+                                 scale: float | None = None, key_mask=None) -> Tensor:
+    """softmax(q k^T * scale [+ causal mask] [+ key mask]) v over the time axis (the
+    ``attention`` kernel: flash-style tiles in the Numba version, never the whole T x T
+    matrix). q, k, v (B, H, T, hs) -> (B, H, T, hs); scale defaults to 1/sqrt(hs).
+    key_mask: None, or bool (B, T) (an array or a Tensor; not differentiable), True = a real
+    token, False = padding that no query attends to; a query with no key left gives 0."""
+    m = key_mask.data if isinstance(key_mask, Tensor) else key_mask
+    return _kernel("attention", q, k, v, grad_args=(0, 1, 2), causal=causal, scale=scale,
+                   key_mask=m)
 
 
 def additive_attention(h: Tensor, x: Tensor, W_q: Tensor, W_k: Tensor, v_a: Tensor,

@@ -3,7 +3,9 @@
 For each batch b and head h (dropped below), with queries q_t, keys k_s, values v_s (rows of
 q, k, v, each of length hs) and scale c = 1/sqrt(hs) unless given:
 
-    S_ts  = c q_t . k_s                          scores; causal: S_ts = -inf for s > t
+    S_ts  = c q_t . k_s                          scores; causal: S_ts = -inf for s > t;
+                                                 key_mask: S_ts = -inf for every t when
+                                                 key s of that batch row is padding
     m_t   = max_s S_ts                           row max (only for stability)
     l_t   = sum_s exp(S_ts - m_t)
     P_ts  = exp(S_ts - m_t) / l_t                softmax over s
@@ -18,19 +20,28 @@ With dO the upstream gradient (dout) and D_t = sum_d dO_td out_td = sum_s P_ts d
     dq_t  = c sum_s dS_ts k_s                    dQ = c dS K
     dk_s  = c sum_t dS_ts q_t                    dK = c dS^T Q                  (backward)
 
-A causal row t always sees s = 0, so no row is fully masked and l_t >= 1.
+Without a key mask a causal row t always sees s = 0, so l_t >= 1. With one, a row can have
+every key masked (a sequence that is all padding; causal attention over leading padding).
+Such a row attends to nothing: P_t. = 0, out_t = 0, lse_t = -inf (the softmax kernel's
+convention for an all -inf row), and the backward uses P_ts = 0 there (never
+exp(-inf - (-inf)) = NaN), so it contributes nothing to dq, dk, dv. A masked key s has
+P_ts = 0 for every t, hence dk_s = dv_s = 0 exactly, and its k_s, v_s never reach out.
 
-forward(q, k, v, causal=True, scale=None) -> (out, cache)
+forward(q, k, v, causal=True, scale=None, key_mask=None) -> (out, cache)
     q, k, v (B, H, T, hs), one float dtype; out (B, H, T, hs) in that dtype.
+    key_mask: None, or bool (B, T), True = a real token that may be attended to, False =
+    padding (never attended to, by any query, in any head); not differentiable.
     ``cache.lse`` (B, H, T) is each row's logsumexp lse_t, in the input dtype (it is what a
     backward needs instead of the T x T probabilities); the cache also keeps q, k, v, out,
-    scale and causal.
+    scale, causal and the key mask, so that the backward applies the same mask.
 backward(dout, cache) -> (dq, dk, dv)
 
 The NumPy reference builds the whole T x T score matrix. The Numba version is flash-style: it
 walks 64 x 64 tiles of S with an online softmax (running max and sum per query, rescaling the
 partial output when the max grows), so memory stays O(T hs); the backward recomputes each
-tile's P from the saved lse instead of storing P.
+tile's P from the saved lse instead of storing P. With a key mask, a 64-key block whose keys
+are all padding is skipped outright, forward and backward (padding at the end of a batch row
+costs nothing), and only a block mixing real and padded keys pays for masking its tile.
 """
 from __future__ import annotations
 
@@ -41,7 +52,7 @@ import numpy as np
 
 from . import Kernel
 from . import softmax as _softmax
-from ._check import contiguous, dout_like, floats, ndim
+from ._check import contiguous, dout_like, floats, ndim, shape
 from ._family import GFLOPS, Family, Size, Work
 from ._nb import fexp, neg_inf, njit, one, prange, zero
 from ..errors import ShapeError
@@ -49,9 +60,10 @@ from ..errors import ShapeError
 NAME = "attention"
 
 
-def _check(q, k, v, scale):
+def _check(q, k, v, scale, key_mask=None):
     """Validate the inputs; return the scale as a scalar of the input dtype (a Python float
-    or NumPy float64 would turn float32 arithmetic into float64)."""
+    or NumPy float64 would turn float32 arithmetic into float64) and the key mask (None, or
+    a C-contiguous bool (B, T) array)."""
     dt = floats(NAME, q=q, k=k, v=v)
     for nm, a in (("q", q), ("k", k), ("v", v)):
         ndim(NAME, nm, a, 4, "(B, H, T, hs)")
@@ -60,40 +72,58 @@ def _check(q, k, v, scale):
                          f"q {q.shape}, k {k.shape}, v {v.shape}")
     if 0 in q.shape:
         raise ShapeError(f"{NAME}: every axis of (B, H, T, hs) must be >= 1, got {q.shape}")
+    if key_mask is not None:
+        if not isinstance(key_mask, np.ndarray) or key_mask.dtype != np.bool_:
+            got = key_mask.dtype if isinstance(key_mask, np.ndarray) \
+                else type(key_mask).__name__
+            raise TypeError(f"{NAME}: key_mask must be a bool array (B, T), True = a real "
+                            f"token that may be attended to, got {got}")
+        B, _, T, _ = q.shape
+        shape(NAME, "key_mask", key_mask, (B, T), "(B, T) of q (B, H, T, hs)")
+        key_mask = np.ascontiguousarray(key_mask)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return dt.type(scale)
+    return dt.type(scale), key_mask
 
 
-def _cache(q, k, v, out, lse, scale, causal):
-    return SimpleNamespace(q=q, k=k, v=v, out=out, lse=lse, scale=scale, causal=causal)
+def _cache(q, k, v, out, lse, scale, causal, key_mask, **extra):
+    return SimpleNamespace(q=q, k=k, v=v, out=out, lse=lse, scale=scale, causal=causal,
+                           key_mask=key_mask, **extra)
+
+
+def _finite_lse(lse):
+    """lse with -inf (a row with every key masked) replaced by 0: such a row's scores are all
+    -inf, so P = exp(S - 0) = 0 there instead of exp(-inf + inf) = NaN."""
+    return np.where(lse == neg_inf(lse), np.zeros((), lse.dtype), lse)
 
 
 # ---------------------------------------------------------------- NumPy reference
 
-def _scores_ref(q, k, scale, causal):
+def _scores_ref(q, k, scale, causal, key_mask):
     s = (q @ k.swapaxes(-1, -2)) * scale                  # (B, H, T, T)  S_ts = c q_t.k_s
     if causal:
         T = q.shape[-2]
         future = np.triu(np.ones((T, T), dtype=bool), 1)  # (T, T) True where s > t
         s = np.where(future, neg_inf(s), s)
+    if key_mask is not None:                              # (B, T) -> (B, 1, 1, T): every t, h
+        s = np.where(key_mask[:, None, None, :], s, neg_inf(s))
     return s
 
 
-def forward_ref(q, k, v, causal=True, scale=None):
-    scale = _check(q, k, v, scale)
-    s = _scores_ref(q, k, scale, bool(causal))            # (B, H, T, T)
+def forward_ref(q, k, v, causal=True, scale=None, key_mask=None):
+    scale, key_mask = _check(q, k, v, scale, key_mask)
+    s = _scores_ref(q, k, scale, bool(causal), key_mask)  # (B, H, T, T)
     p, lse = _softmax.softmax_lse_ref(s)                  # P_ts (masked -> 0), lse_t (.., 1)
     out = p @ v                                           # (B, H, T, hs) out_t = sum_s P_ts v_s
-    lse = lse[..., 0]                                     # (B, H, T)     lse_t
-    return out, _cache(q, k, v, out, lse, scale, bool(causal))
+    lse = lse[..., 0]                                     # (B, H, T)     lse_t (-inf: no key)
+    return out, _cache(q, k, v, out, lse, scale, bool(causal), key_mask)
 
 
 def backward_ref(dout, cache):
     c = cache
     dout = dout_like(NAME, dout, c.out)                   # (B, H, T, hs)  dO
-    s = _scores_ref(c.q, c.k, c.scale, c.causal)          # (B, H, T, T)   recomputed S
-    p = np.exp(s - c.lse[..., None])                      # (B, H, T, T)   P = exp(S - lse)
+    s = _scores_ref(c.q, c.k, c.scale, c.causal, c.key_mask)   # (B, H, T, T) recomputed S
+    p = np.exp(s - _finite_lse(c.lse)[..., None])         # (B, H, T, T)   P = exp(S - lse)
     dv = p.swapaxes(-1, -2) @ dout                        # (B, H, T, hs)  dV = P^T dO
     dp = dout @ c.v.swapaxes(-1, -2)                      # (B, H, T, T)   dP = dO V^T
     D = (dout * c.out).sum(axis=-1, keepdims=True)        # (B, H, T, 1)   D_t = dO_t . out_t
@@ -118,9 +148,39 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("q", "k", "v"))
 # 64 x 64 x 64 (bigger products inside a prange ran slower). The backward runs one task per
 # head, so that head's dQ, dK and dV accumulate without races, and recomputes P tile by tile
 # from lse.
+#
+# The key mask reaches the kernels as kstate (B, nkb) int8, one entry per batch row and block
+# of BK keys: _SKIP (every key padding: the block is not visited at all; that is exactly what
+# visiting it would give, since its P tile is 0), _PART (some keys padding: their rows of the
+# transposed tile are set to -inf) or _FULL (no padding: nothing to do, which is every block
+# when there is no mask, so the unmasked path only reads one int8 per tile).
 
 _BQ = 64
 _BK = 64
+_SKIP, _PART, _FULL = 0, 1, 2
+
+
+def _key_blocks(key_mask, B, T, BK):
+    """kstate (B, nkb) int8 for the kernels, and the mask they read (a dummy without one)."""
+    nkb = (T + BK - 1) // BK
+    if key_mask is None:
+        return np.full((B, nkb), _FULL, np.int8), np.ones((1, 1), np.bool_)
+    padded = np.zeros((B, nkb * BK), np.bool_)
+    padded[:, :T] = key_mask
+    real = padded.reshape(B, nkb, BK).sum(axis=-1)        # (B, nkb) real keys per block
+    size = np.minimum(BK, T - BK * np.arange(nkb))        # (nkb,)   keys per block
+    kstate = np.where(real == 0, _SKIP, np.where(real == size, _FULL, _PART))
+    return kstate.astype(np.int8), key_mask
+
+
+@njit(inline="always")
+def _key_mask_tile(St, km, k0, nk):
+    """Padding keys on a transposed tile: row j (key k0+j) becomes -inf where km is False."""
+    for j in range(nk):
+        if not km[k0 + j]:
+            row = St[j]
+            for i in range(row.shape[0]):
+                row[i] = neg_inf(St)
 
 
 @njit(inline="always")
@@ -135,11 +195,12 @@ def _mask_tile(St, k0, q0, nk, nq):
 
 
 @njit(parallel=True)
-def _attn_fwd(q, k, v, scale, causal, out, lse, BQ, BK):
+def _attn_fwd(q, k, v, scale, causal, H, kstate, km, out, lse, BQ, BK):
     BH, T, hs = q.shape
     nqb = (T + BQ - 1) // BQ
     for task in prange(BH * nqb):
         bh = task // nqb
+        row_b = bh // H                                   # the batch row: its key mask
         r = task % nqb
         # zig-zag the query blocks (0, last, 1, last-1, ...) so that any contiguous range of
         # tasks, the unit a thread gets, mixes cheap early blocks with costly late ones
@@ -166,6 +227,9 @@ def _attn_fwd(q, k, v, scale, causal, out, lse, BQ, BK):
             m[i] = neg_inf(q)
         kend = q0 + nq if causal else T                   # keys past kend are all masked
         for kb in range((kend + BK - 1) // BK):
+            state = kstate[row_b, kb]
+            if state == _SKIP:                            # all padding: P tile = 0
+                continue
             k0 = kb * BK
             nk = min(BK, kend - k0)
             Kb = kh[k0:k0 + nk]
@@ -174,6 +238,8 @@ def _attn_fwd(q, k, v, scale, causal, out, lse, BQ, BK):
             np.dot(Kb, QsT, St)                           # St[j, i] = S[q0+i, k0+j]
             if causal and k0 + nk - 1 > q0:
                 _mask_tile(St, k0, q0, nk, nq)
+            if state == _PART:
+                _key_mask_tile(St, km[row_b], k0, nk)
             # new running max (column max of St), elementwise over the queries
             for i in range(nq):
                 mnew[i] = m[i]
@@ -219,11 +285,13 @@ def _attn_fwd(q, k, v, scale, causal, out, lse, BQ, BK):
 
 
 @njit(parallel=True)
-def _attn_bwd(q, k, v, out, dout, lse, scale, causal, dq, dk, dv, BQ, BK):
+def _attn_bwd(q, k, v, out, dout, lse, scale, causal, H, kstate, km, dq, dk, dv, BQ, BK):
+    # lse: with a key mask, a row with no key has 0 here instead of -inf (_finite_lse)
     BH, T, hs = q.shape
     nqb = (T + BQ - 1) // BQ
     nkb = (T + BK - 1) // BK
     for bh in prange(BH):
+        row_b = bh // H
         qh = q[bh]
         kh = k[bh]
         vh = v[bh]
@@ -273,6 +341,9 @@ def _attn_bwd(q, k, v, out, dout, lse, scale, causal, dq, dk, dv, BQ, BK):
             dVb = dvh[k0:k0 + nk]
             dKb[:, :] = zero(q)
             dVb[:, :] = zero(q)
+            state = kstate[row_b, kb]
+            if state == _SKIP:                            # all padding: dK = dV = 0, no dQ
+                continue
             tkb = tk[:nk]
             first = k0 // BQ if causal else 0             # query blocks that can see key k0
             for qb in range(first, nqb):
@@ -287,6 +358,8 @@ def _attn_bwd(q, k, v, out, dout, lse, scale, causal, dq, dk, dv, BQ, BK):
                 np.dot(Kb, QbT, P)                        # St tile, (nk, nq)
                 if causal and k0 + nk - 1 > q0:
                     _mask_tile(P, k0, q0, nk, nq)
+                if state == _PART:
+                    _key_mask_tile(P, km[row_b], k0, nk)
                 lq = lh[q0:q0 + nq]
                 for j in range(nk):
                     row = P[j]
@@ -324,15 +397,17 @@ def _attn_bwd(q, k, v, out, dout, lse, scale, causal, dq, dk, dv, BQ, BK):
                 a[d] *= scale
 
 
-def forward_numba(q, k, v, causal=True, scale=None):
-    scale = _check(q, k, v, scale)
+def forward_numba(q, k, v, causal=True, scale=None, key_mask=None):
+    scale, key_mask = _check(q, k, v, scale, key_mask)
     q, k, v = contiguous(q, k, v)
     B, H, T, hs = q.shape
     out = np.empty_like(q)
     lse = np.empty((B, H, T), q.dtype)
+    kstate, km = _key_blocks(key_mask, B, T, _BK)
     _attn_fwd(q.reshape(B * H, T, hs), k.reshape(B * H, T, hs), v.reshape(B * H, T, hs),
-              scale, bool(causal), out.reshape(B * H, T, hs), lse.reshape(B * H, T), _BQ, _BK)
-    return out, _cache(q, k, v, out, lse, scale, bool(causal))
+              scale, bool(causal), H, kstate, km, out.reshape(B * H, T, hs),
+              lse.reshape(B * H, T), _BQ, _BK)
+    return out, _cache(q, k, v, out, lse, scale, bool(causal), key_mask, kstate=kstate, km=km)
 
 
 def backward_numba(dout, cache):
@@ -341,8 +416,9 @@ def backward_numba(dout, cache):
     B, H, T, hs = c.q.shape
     dq, dk, dv = np.empty_like(c.q), np.empty_like(c.k), np.empty_like(c.v)
     f = (B * H, T, hs)
+    lse = c.lse if c.key_mask is None else _finite_lse(c.lse)
     _attn_bwd(c.q.reshape(f), c.k.reshape(f), c.v.reshape(f), c.out.reshape(f),
-              dout.reshape(f), c.lse.reshape(B * H, T), c.scale, c.causal,
+              dout.reshape(f), lse.reshape(B * H, T), c.scale, c.causal, H, c.kstate, c.km,
               dq.reshape(f), dk.reshape(f), dv.reshape(f), _BQ, _BK)
     return dq, dk, dv
 
@@ -351,16 +427,39 @@ NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("q", "k", "v"))
 
 # ---------------------------------------------------------------- the family
 
+def key_mask_for(pad, B, T, rng):
+    """The key mask of a size's ``"pad"`` parameter: None (absent) -> None; "end" -> each
+    batch row is a sequence padded at the end, row 0 of length 1, row 1 (when B > 1) all
+    padding, the others of random lengths 2..T; "random" -> every key real or padding with
+    probability 1/2 (causal attention then also meets leading padding: query rows with no
+    key at all)."""
+    if pad is None:
+        return None
+    if pad == "end":
+        lengths = rng.integers(2, T + 1, B) if T > 1 else np.ones(B, np.int64)
+        lengths[0] = 1
+        if B > 1:
+            lengths[1] = 0
+        return np.arange(T)[None, :] < lengths[:, None]   # (B, T)
+    if pad == "random":
+        return rng.random((B, T)) < 0.5
+    raise ValueError(f"{NAME}: pad must be None, 'end' or 'random', got {pad!r}")
+
+
 def _inputs(p, dtype, rng):
     shape = (p["B"], p["H"], p["T"], p["hs"])
-    return tuple((rng.standard_normal(shape)).astype(dtype) for _ in range(3)), \
-        {"causal": p["causal"]}
+    arrays = tuple((rng.standard_normal(shape)).astype(dtype) for _ in range(3))
+    opts = {"causal": p["causal"]}
+    if p.get("pad") is not None:                          # unmasked sizes pass no key_mask
+        opts["key_mask"] = key_mask_for(p["pad"], p["B"], p["T"], rng)
+    return arrays, opts
 
 
 def _work(p, it):
     B, H, T, hs, causal = p["B"], p["H"], p["T"], p["hs"], p["causal"]
     # FLOPs: Q K^T and P V are 2 T T hs each per head (half when causal); the backward does
-    # five such products (recomputed S, dV, dP, dQ, dK): about 2.5x
+    # five such products (recomputed S, dV, dP, dQ, dK): about 2.5x. A key mask's skipped
+    # blocks are not subtracted: the bench's sizes are unmasked
     f = 2 * 2 * B * H * T * T * hs // (2 if causal else 1)
     n = B * H * T * hs
     # bytes: forward reads q, k, v, writes out (+ lse); backward reads q, k, v, out, dout,
@@ -368,22 +467,37 @@ def _work(p, it):
     return Work((f, int(2.5 * f)), ((4 * n + B * H * T) * it, (8 * n + B * H * T) * it))
 
 
-def _size(B, H, T, hs, causal=True, ref=True):
-    return Size({"B": B, "H": H, "T": T, "hs": hs, "causal": causal}, ref)
+def _size(B, H, T, hs, causal=True, ref=True, pad=None):
+    p = {"B": B, "H": H, "T": T, "hs": hs, "causal": causal}
+    if pad is not None:
+        p["pad"] = pad
+    return Size(p, ref)
 
 
 def _label(p):
-    return f"B{p['B']} H{p['H']} T{p['T']} hs{p['hs']} {'causal' if p['causal'] else 'full'}"
+    pad = f" pad-{p['pad']}" if p.get("pad") is not None else ""
+    return (f"B{p['B']} H{p['H']} T{p['T']} hs{p['hs']} "
+            f"{'causal' if p['causal'] else 'full'}{pad}")
 
 
 FAMILY = Family(
     NAME, _inputs, _work, label=_label, unit=GFLOPS, sweep="T",
     # T=1; T = tile + 1 with odd hs; hs=1; hs=256 at small T; several tiles, B>1; and two
-    # small ones for the finite differences; each causal and full
+    # small ones for the finite differences; each causal and full. Then key masks: padding
+    # at the end (a row of length 1, an all-padding row, random lengths; at T=130 whole
+    # key blocks of padding are skipped) and random padding (rows with no key at all when
+    # causal), small enough for the finite differences to see most elements
     test_sizes=tuple(_size(*s, causal=c) for s in ((1, 1, 1, 3), (2, 2, 6, 3), (1, 1, 67, 4),
                                                   (2, 3, 65, 17), (1, 2, 64, 1),
-                                                  (1, 1, 40, 256), (2, 2, 130, 32))
-                     for c in (True, False)),
+                                                  (1, 1, 40, 256))
+                     for c in (True, False))
+    + tuple(_size(*s, causal=c, pad=pad) for s, pad in (((3, 2, 5, 3), "end"),
+                                                        ((2, 2, 6, 3), "random"),
+                                                        ((4, 1, 67, 4), "end"),
+                                                        ((4, 2, 130, 8), "end"),
+                                                        ((2, 1, 70, 5), "random"))
+            for c in (True, False))
+    + tuple(_size(2, 2, 130, 32, causal=c) for c in (True, False)),
     quick_sizes=(_size(1, 8, 64, 64), _size(1, 8, 128, 64)),
     # the reference builds T x T scores and keeps four of them in its backward: at T=2048
     # that is ~0.5 GB and seconds per call, so it stops at 1024
