@@ -41,7 +41,7 @@ def test_best_spans_respects_order_length_and_boundaries():
     T = 12
     s = np.zeros((1, T))
     e = np.zeros((1, T))
-    s[0, 8], e[0, 2] = 5.0, 5.0                  # the best pair would end before it starts
+    s[0, 8], e[0, 2] = 6.0, 5.0                  # the best pair would end before it starts
     e[0, 9] = 1.0
     ms = np.zeros((1, T))
     me = np.zeros((1, T))
