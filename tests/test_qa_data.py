@@ -351,3 +351,17 @@ def test_baseline_predictions_hand_worked():
     assert all(w in ctx.split() for w in p["random_word"].values())
     s = baseline_scores(train, valid)
     assert s["last_of_type"]["em"] == 100.0 and s["first_of_type"]["em"] == 0.0
+
+
+def test_generator_options():
+    xs = generate_stories(50, 7, n_facts=(3, 3), qtype_weights=(1, 0, 0, 0))
+    assert {x.qtype for x in xs} == {"where_person"}
+    assert all(x.context.count(".") == 3 for x in xs)
+    xs = generate_stories(50, 7, fact_weights=(1, 0, 0, 1), qtype_weights=(0, 0, 1, 0))
+    assert all(re.fullmatch(r"(\w+ (went|moved|walked|ran) to the \w+\.|The \w+ is \w+\.)",
+                            s + ".") for x in xs for s in x.context[:-1].split(". "))
+    assert generate_stories(20, 7, prefix="v-")[0].id == "v-00000"
+    with pytest.raises(ValueError, match="fact_weights"):
+        generate_stories(5, 0, fact_weights=(0, 1, 1, 1))
+    with pytest.raises(ValueError, match="n_facts"):
+        generate_stories(5, 0, n_facts=(4, 3))

@@ -12,7 +12,14 @@ For each validation example, with T = the answer's entity type (``answer_type``:
 
 Scores are ``squad_scores`` dicts (EM / F1 in percent). A model that reads the question must
 beat ``random_of_type`` by a clear margin; the generator's rejection rules keep the first two
-near it.
+near it. Measured EM on ``make_qa_files`` defaults (train 5000 seed 1, valid 1000 seed 2),
+then the mean over 10 other 1000-example validation seeds:
+
+    first_of_type 44.9 (44.2)   last_of_type 39.3 (39.0)   random_of_type 44.2 (44.7)
+    majority 13.2 (12.7)        random_word 6.6 (6.6)
+
+Per type, the asymmetric rejection (0.6 last, 0.3 first) favours the first word where a
+context holds exactly two words of the type: first_of_type scores about 60 on what_color.
 """
 from __future__ import annotations
 
