@@ -25,7 +25,8 @@ every key masked (a sequence that is all padding; causal attention over leading 
 Such a row attends to nothing: P_t. = 0, out_t = 0, lse_t = -inf (the softmax kernel's
 convention for an all -inf row), and the backward uses P_ts = 0 there (never
 exp(-inf - (-inf)) = NaN), so it contributes nothing to dq, dk, dv. A masked key s has
-P_ts = 0 for every t, hence dk_s = dv_s = 0 exactly, and its k_s, v_s never reach out.
+P_ts = 0 for every t, hence dk_s = dv_s = 0 exactly, and its k_s, v_s never reach out (they
+must be finite, as a model's padding embeddings are: 0 * NaN is NaN in the P V product).
 
 forward(q, k, v, causal=True, scale=None, key_mask=None) -> (out, cache)
     q, k, v (B, H, T, hs), one float dtype; out (B, H, T, hs) in that dtype.
