@@ -345,6 +345,20 @@ def test_unmasked_key_mask_is_no_mask(impl):
             assert np.array_equal(g, g_m)
 
 
+def test_key_block_table():
+    """What the Numba kernels skip: a 64-key block of padding only is _SKIP, a block mixing
+    real keys and padding _PART, one of real keys only _FULL; no mask: no table at all."""
+    from tinyllm.kernels import attention as mod
+    T = 130                                             # blocks of 64, 64 and 2 keys
+    m = end_mask(6, T, [T, 65, 64, 1, 0, 129])
+    has, state, km = mod._key_blocks(m, 6, T, 64)
+    S, P, F = mod._SKIP, mod._PART, mod._FULL
+    assert has and km is m and state.dtype == np.int8
+    np.testing.assert_array_equal(state, [[F, F, F], [F, P, S], [F, S, S], [P, S, S],
+                                          [S, S, S], [F, F, P]])
+    assert mod._key_blocks(None, 6, T, 64)[0] is False
+
+
 def masked_family_sizes():
     fam = tl.kernels.family(A)
     return [pytest.param(s.params, id=fam.label(s.params))

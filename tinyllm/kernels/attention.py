@@ -25,7 +25,8 @@ every key masked (a sequence that is all padding; causal attention over leading 
 Such a row attends to nothing: P_t. = 0, out_t = 0, lse_t = -inf (the softmax kernel's
 convention for an all -inf row), and the backward uses P_ts = 0 there (never
 exp(-inf - (-inf)) = NaN), so it contributes nothing to dq, dk, dv. A masked key s has
-P_ts = 0 for every t, hence dk_s = dv_s = 0 exactly, and its k_s, v_s never reach out.
+P_ts = 0 for every t, hence dk_s = dv_s = 0 exactly, and its k_s, v_s never reach out (they
+must be finite, as a model's padding embeddings are: 0 * NaN is NaN in the P V product).
 
 forward(q, k, v, causal=True, scale=None, key_mask=None) -> (out, cache)
     q, k, v (B, H, T, hs), one float dtype; out (B, H, T, hs) in that dtype.
@@ -152,25 +153,31 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, backward_ref, ("q", "k", "v"))
 # The key mask reaches the kernels as kstate (B, nkb) int8, one entry per batch row and block
 # of BK keys: _SKIP (every key padding: the block is not visited at all; that is exactly what
 # visiting it would give, since its P tile is 0), _PART (some keys padding: their rows of the
-# transposed tile are set to -inf) or _FULL (no padding: nothing to do, which is every block
-# when there is no mask, so the unmasked path only reads one int8 per tile).
+# transposed tile are set to -inf) or _FULL (no padding: nothing to do). Without a mask the
+# kernels get has_mask=False and two 1 x 1 dummies, so the unmasked path allocates nothing
+# more than before and pays one loop-invariant branch per tile.
 
 _BQ = 64
 _BK = 64
 _SKIP, _PART, _FULL = 0, 1, 2
 
 
+_NO_STATE = np.full((1, 1), _FULL, np.int8)             # never read: has_mask is False
+_NO_MASK = np.ones((1, 1), np.bool_)
+
+
 def _key_blocks(key_mask, B, T, BK):
-    """kstate (B, nkb) int8 for the kernels, and the mask they read (a dummy without one)."""
-    nkb = (T + BK - 1) // BK
+    """(has_mask, kstate (B, nkb) int8, the (B, T) mask) for the kernels; dummies without a
+    mask."""
     if key_mask is None:
-        return np.full((B, nkb), _FULL, np.int8), np.ones((1, 1), np.bool_)
+        return False, _NO_STATE, _NO_MASK
+    nkb = (T + BK - 1) // BK
     padded = np.zeros((B, nkb * BK), np.bool_)
     padded[:, :T] = key_mask
     real = padded.reshape(B, nkb, BK).sum(axis=-1)        # (B, nkb) real keys per block
     size = np.minimum(BK, T - BK * np.arange(nkb))        # (nkb,)   keys per block
     kstate = np.where(real == 0, _SKIP, np.where(real == size, _FULL, _PART))
-    return kstate.astype(np.int8), key_mask
+    return True, kstate.astype(np.int8), key_mask
 
 
 @njit(inline="always")
@@ -195,7 +202,7 @@ def _mask_tile(St, k0, q0, nk, nq):
 
 
 @njit(parallel=True)
-def _attn_fwd(q, k, v, scale, causal, H, kstate, km, out, lse, BQ, BK):
+def _attn_fwd(q, k, v, scale, causal, has_mask, H, kstate, km, out, lse, BQ, BK):
     BH, T, hs = q.shape
     nqb = (T + BQ - 1) // BQ
     for task in prange(BH * nqb):
@@ -227,7 +234,7 @@ def _attn_fwd(q, k, v, scale, causal, H, kstate, km, out, lse, BQ, BK):
             m[i] = neg_inf(q)
         kend = q0 + nq if causal else T                   # keys past kend are all masked
         for kb in range((kend + BK - 1) // BK):
-            state = kstate[row_b, kb]
+            state = kstate[row_b, kb] if has_mask else _FULL
             if state == _SKIP:                            # all padding: P tile = 0
                 continue
             k0 = kb * BK
@@ -285,7 +292,8 @@ def _attn_fwd(q, k, v, scale, causal, H, kstate, km, out, lse, BQ, BK):
 
 
 @njit(parallel=True)
-def _attn_bwd(q, k, v, out, dout, lse, scale, causal, H, kstate, km, dq, dk, dv, BQ, BK):
+def _attn_bwd(q, k, v, out, dout, lse, scale, causal, has_mask, H, kstate, km, dq, dk, dv,
+              BQ, BK):
     # lse: with a key mask, a row with no key has 0 here instead of -inf (_finite_lse)
     BH, T, hs = q.shape
     nqb = (T + BQ - 1) // BQ
@@ -341,7 +349,7 @@ def _attn_bwd(q, k, v, out, dout, lse, scale, causal, H, kstate, km, dq, dk, dv,
             dVb = dvh[k0:k0 + nk]
             dKb[:, :] = zero(q)
             dVb[:, :] = zero(q)
-            state = kstate[row_b, kb]
+            state = kstate[row_b, kb] if has_mask else _FULL
             if state == _SKIP:                            # all padding: dK = dV = 0, no dQ
                 continue
             tkb = tk[:nk]
@@ -403,11 +411,12 @@ def forward_numba(q, k, v, causal=True, scale=None, key_mask=None):
     B, H, T, hs = q.shape
     out = np.empty_like(q)
     lse = np.empty((B, H, T), q.dtype)
-    kstate, km = _key_blocks(key_mask, B, T, _BK)
+    has_mask, kstate, km = _key_blocks(key_mask, B, T, _BK)
     _attn_fwd(q.reshape(B * H, T, hs), k.reshape(B * H, T, hs), v.reshape(B * H, T, hs),
-              scale, bool(causal), H, kstate, km, out.reshape(B * H, T, hs),
+              scale, bool(causal), has_mask, H, kstate, km, out.reshape(B * H, T, hs),
               lse.reshape(B * H, T), _BQ, _BK)
-    return out, _cache(q, k, v, out, lse, scale, bool(causal), key_mask, kstate=kstate, km=km)
+    return out, _cache(q, k, v, out, lse, scale, bool(causal), key_mask, has_mask=has_mask,
+                       kstate=kstate, km=km)
 
 
 def backward_numba(dout, cache):
@@ -418,8 +427,8 @@ def backward_numba(dout, cache):
     f = (B * H, T, hs)
     lse = c.lse if c.key_mask is None else _finite_lse(c.lse)
     _attn_bwd(c.q.reshape(f), c.k.reshape(f), c.v.reshape(f), c.out.reshape(f),
-              dout.reshape(f), lse.reshape(B * H, T), c.scale, c.causal, H, c.kstate, c.km,
-              dq.reshape(f), dk.reshape(f), dv.reshape(f), _BQ, _BK)
+              dout.reshape(f), lse.reshape(B * H, T), c.scale, c.causal, c.has_mask, H,
+              c.kstate, c.km, dq.reshape(f), dk.reshape(f), dv.reshape(f), _BQ, _BK)
     return dq, dk, dv
 
 
