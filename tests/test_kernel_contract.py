@@ -122,6 +122,12 @@ def check_backward(k, arrays, opts, rng, eps=1e-6, atol=1e-8, rtol=1e-6):
     grads = k.backward(dy, cache)
     pos = diff_positions(k)
     assert len(grads) == len(pos), (k, len(grads))
+    # every test input is finite, so must every output and gradient be: a NaN would
+    # otherwise read as an element the finite differences skipped
+    for o in (out if isinstance(out, (tuple, list)) else (out,)):
+        assert np.isfinite(o).all(), f"{k}: non-finite forward output"
+    for name, g in zip(k.inputs, grads):
+        assert g is None or np.isfinite(g).all(), f"{k} input {name}[]: non-finite gradient"
 
     def loss(a):
         o, _ = k.forward(*a, **opts)
@@ -175,6 +181,12 @@ def _planted():
         dq, dk, dv = ref.backward(dout, cache)
         return dq, dk * 1.01, dv
 
+    def attention_nan_dv(ref, dout, cache):
+        dq, dk, dv = ref.backward(dout, cache)
+        dv = dv.copy()
+        dv[0, 0, -1, 0] = np.nan              # a padded key's gradient: 0 when right
+        return dq, dk, dv
+
     def additive_no_value_path(ref, dout, cache):
         dh, dx, dW_q, dW_k, dv_a = ref.backward(dout, cache)
         alpha, dc = cache[7], dout[0]
@@ -199,6 +211,8 @@ def _planted():
         ("layernorm", "no xhat term", ln_no_xhat_term, "x", {"N": 3, "C": 6}),
         ("attention", "dk off by 1%", attention_dk_off, "k",
          {"B": 1, "H": 2, "T": 6, "hs": 3, "causal": True}),
+        ("attention", "a NaN in dv", attention_nan_dv, "v",
+         {"B": 2, "H": 1, "T": 5, "hs": 3, "causal": False, "pad": "end"}),
         ("additive_attention", "no value path", additive_no_value_path, "x",
          {"B": 2, "S": 3, "Dh": 3, "Dx": 4, "A": 5, "masked": False}),
         ("additive_attention", "no centring (dv_a)",
@@ -367,3 +381,11 @@ def test_bad_input_raises_naming_the_kernel(name, impl, size, dtype):
         else np.ones(np.shape(d) + (2,), dtype)
     with pytest.raises(ShapeError, match=named):
         k.backward(wide, cache)
+
+
+def test_max_rel_err_counts_a_nan_as_an_infinite_error():
+    a = np.array([1.0, 2.0, np.inf])
+    assert max_rel_err(np.array([1.0, np.nan, np.inf]), a) == np.inf
+    assert max_rel_err(a, np.array([1.0, np.nan, np.inf])) == np.inf
+    assert max_rel_err(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0
+    assert max_rel_err(a, a.copy()) == 0.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 
 import numpy as np
@@ -35,14 +36,20 @@ def _flat(x):
 
 
 def max_rel_err(got, want) -> float:
-    """max |got - want| / max |want| over every array in two matching structures."""
+    """max |got - want| / max |want| over every array in two matching structures. Equal
+    infinities count as equal, as does NaN against NaN; NaN against a number is an infinite
+    error (``max`` over Python floats would silently drop it)."""
     worst = 0.0
     for g, w in zip(_flat(got), _flat(want)):
-        scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
+        finite = np.isfinite(w)
+        scale = max(float(np.max(np.abs(np.where(finite, w, 0.0)), initial=0.0)), 1e-30)
         with np.errstate(invalid="ignore"):
             diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
         both_inf = np.isinf(g) & np.isinf(w) & (np.sign(g) == np.sign(w))
-        diff = np.where(both_inf, 0.0, diff)
+        both_nan = np.isnan(g) & np.isnan(w)
+        diff = np.where(both_inf | both_nan, 0.0, diff)
+        if np.isnan(diff).any():
+            return math.inf
         worst = max(worst, float(np.max(diff, initial=0.0)) / scale)
     return worst
 
