@@ -187,3 +187,35 @@ def test_cli_malformed_squad_file_names_the_example(tmp_path):
              env_extra={"TINYLLM_CACHE": str(tmp_path / "c")})
     assert p.returncode == 2 and "q7" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_lora_on_the_encoder_merges_to_the_same_logits_and_reloads(tiny, tmp_path):
+    model, vocab, train, _, _ = tiny
+    setup = build(FinetuneConfig(strategy="lora", lora_targets="q,v,fc1,fc2"), model)
+    m = setup.model
+    rng = np.random.default_rng(0)
+    for n, p in m.named_parameters():                  # adapters as if trained
+        if "lora_B" in n:
+            p.data[...] = rng.standard_normal(p.data.shape).astype(p.data.dtype) * 0.05
+    f = encode_examples(train[:6], vocab, 128)
+    b = make_batch(f, np.arange(6))
+    m.eval()
+    with tl.no_grad():
+        base = model.encode(b["ids"], b["key_mask"], b["token_type"]).data
+        un = m.encode(b["ids"], b["key_mask"], b["token_type"]).data
+        tl.nn.merge_lora(m)
+        merged = m.encode(b["ids"], b["key_mask"], b["token_type"]).data
+        tl.nn.unmerge_lora(m)
+        back = m.encode(b["ids"], b["key_mask"], b["token_type"]).data
+    km = b["key_mask"]
+    assert not np.allclose(un[km], base[km], atol=1e-3)      # the adapters do something
+    np.testing.assert_allclose(merged[km], un[km], rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(back[km], un[km], rtol=1e-5, atol=2e-5)
+    tl.nn.save_adapters(m, str(tmp_path / "ad"))
+    fresh = build(FinetuneConfig(strategy="lora", lora_targets="q,v,fc1,fc2", seed=3),
+                  model).model
+    tl.nn.load_adapters(fresh, str(tmp_path / "ad"))
+    fresh.eval()
+    with tl.no_grad():
+        again = fresh.encode(b["ids"], b["key_mask"], b["token_type"]).data
+    assert np.array_equal(again, un)
