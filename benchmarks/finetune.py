@@ -57,7 +57,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="the encoder cache (default: a fresh temporary one, so "
                     "pretraining is part of the time)")
     a = ap.parse_args(argv)
-    env = dict(os.environ, TINYLLM_CACHE=a.cache or tempfile.mkdtemp(prefix="tinyllm-cache-"))
+    if a.cache:
+        return run(a, a.cache)
+    with tempfile.TemporaryDirectory(prefix="tinyllm-cache-") as cache:
+        return run(a, cache)
+
+
+def run(a, cache: str) -> int:
+    env = dict(os.environ, TINYLLM_CACHE=cache)
     base = [sys.executable, "-m", "tinyllm", "finetune"] + (["--quick"] if a.quick else [])
     t0 = time.perf_counter()
     subprocess.run(base + ["--compare", "--out", a.out], check=True, env=env)
