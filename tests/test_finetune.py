@@ -56,10 +56,15 @@ def test_best_spans_respects_order_length_and_boundaries():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_folder(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("enc"))
     pretrain(folder, TINY, log=None, progress=False)
-    model, vocab, _ = load_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    model, vocab, _ = load_pretrained(tiny_folder)
     train = generate_stories(48, seed=1)
     valid = generate_stories(24, seed=2)
     corpus = CorpusMLM(vocab, tl.data.load_corpus()[:20000], 4, 128)
@@ -219,3 +224,22 @@ def test_lora_on_the_encoder_merges_to_the_same_logits_and_reloads(tiny, tmp_pat
     with tl.no_grad():
         again = fresh.encode(b["ids"], b["key_mask"], b["token_type"]).data
     assert np.array_equal(again, un)
+
+
+def test_the_regularisation_comparison_writes_its_table(tiny_folder, tmp_path):
+    from tinyllm.finetune import lab
+    res = lab.compare("regularisation", {"epochs": 2, "batch_size": 16}, TINY, None, None,
+                      str(tmp_path), {"n_train": 48, "n_valid": 24}, tiny_folder, log=None,
+                      progress=False)
+    names = [r["name"] for r in res["rows"]]
+    assert names == [n for n, _ in lab.REGULARISATION]
+    by = {r["name"]: r for r in res["rows"]}
+    assert by["augmentation (1 renamed copy)"]["train_examples"] == 96
+    assert by["augmentation (1 renamed copy)"]["steps"] == by["no regularisation"]["steps"]
+    # decoupled decay and the L2 term end at different weights from the same start
+    wd, l2 = by["AdamW decay 0.01"]["weight_norm"], by["L2 term 0.01"]["weight_norm"]
+    assert wd != l2 and by["no regularisation"]["weight_norm"] > 0
+    md = (tmp_path / "compare.md").read_text()
+    assert md.startswith("## Regularisation") and "|W| decayed" in md
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "compare.json").read_text())["kind"] == "regularisation"

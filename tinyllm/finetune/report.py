@@ -17,6 +17,9 @@ def markdown(res: dict) -> str:
     ref = next((r for r in rows if r["strategy"] == "full" and not _regularised(r)), None)
     head = ["run", "trainable", "steps", "ms/step", "cost", "wall s", "loss per epoch",
             "EM", "F1"] + [f"EM {t}" for t in types] + ["MLM loss before -> after"]
+    reg = res["kind"] != "strategies"
+    if reg:
+        head += ["best EM (step)", "|W| decayed", "stopped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cost = (f"{r['ms_per_step'] / ref['ms_per_step']:.2f}" if ref and ref["ms_per_step"]
@@ -31,6 +34,11 @@ def markdown(res: dict) -> str:
         cells += [f"{r['per_type'][t]['em']:.1f}" if t in r["per_type"] else "-"
                   for t in types]
         cells.append(mlm)
+        if reg:
+            ev = r.get("evaluations") or r["epochs"]
+            top = max(ev, key=lambda e: e["em"])
+            cells += [f"{top['em']:.1f} ({top['step']})",
+                      f"{r['weight_norm']:.2f}" if r.get("weight_norm") else "-", r["stopped"]]
         lines.append("| " + " | ".join(cells) + " |")
     out = ["## " + ("Strategies" if res["kind"] == "strategies" else "Regularisation"), "",
            f"{res['train_examples']} train / {res['valid_examples']} valid examples; "

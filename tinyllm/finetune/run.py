@@ -323,12 +323,16 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
     mlm_after = mlm_evaluate(model, corpus)["loss"] if corpus else None
     cur = dict(model.named_parameters())       # the frozen part, bitwise as it was loaded
     unchanged = all(np.array_equal(cur[n].data, a) for n, a in frozen_before.items())
+    # the norm of the weights decay acts on: where AdamW's decay and an L2 term part ways
+    wnorm = math.sqrt(sum(float(np.sum(p.data.astype(np.float64) ** 2)) for p in decayed))
     result = {
-        "strategy": cfg.strategy, "config": asdict(cfg), "trainable": n_train,
+        "strategy": cfg.strategy, "weight_norm": wnorm, "config": asdict(cfg), "trainable": n_train,
         "parameters": n_total, "trainable_share": n_train / n_total, "steps": step,
         "seconds": round(time.perf_counter() - t_start, 2), "train_seconds": round(train_s, 2),
         "cache_seconds": round(cache_s, 2), "ms_per_step": round(1000 * train_s / max(1, step), 1),
-        "epochs": epochs, "stopped": stopped, "em": final["em"], "f1": final["f1"],
+        "epochs": epochs, "evaluations": [{"step": m["step"], "em": m["em"], "f1": m["f1"]}
+                                          for m in metrics if "em" in m],
+        "stopped": stopped, "em": final["em"], "f1": final["f1"],
         "per_type": final["per_type"], "mlm_loss_before": mlm_before,
         "mlm_loss_after": mlm_after, "frozen_unchanged": unchanged,
         "train_examples": len(train), "valid_examples": len(valid)}
