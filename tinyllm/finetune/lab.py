@@ -95,6 +95,7 @@ def make_configs(ft: dict, pt: dict):
 def load_data(train_path, valid_path, folder, data: dict, max_len: int, log=print):
     """(train, valid, (train_path, valid_path)): the given SQuAD files, or the seeded
     synthetic stories written to ``folder/data`` (and read back through the same loader)."""
+    log = log or (lambda *a: None)
     if bool(train_path) != bool(valid_path):
         raise FinetuneError("--train and --valid go together (a SQuAD v1.1 file each)")
     if not train_path:
@@ -121,6 +122,7 @@ def encoder(pc: PretrainConfig, folder: str | None, log=print, progress=True):
     """The pretrained encoder: (model, vocab, summary). ``folder`` None: the cache folder of
     ``pc``, pretrained first when the cache lacks it (or resumed when it stopped early). A
     given folder that holds a finished encoder is loaded as it is, whatever ``pc`` says."""
+    log = log or (lambda *a: None)
     t0 = time.perf_counter()
     if folder and os.path.exists(os.path.join(folder, "pretrain.json")):
         with open(os.path.join(folder, "pretrain.json")) as f:
@@ -152,6 +154,7 @@ def _check_vocab(vocab, examples):
 
 def run_one(fc, pc, train_path, valid_path, out, data, pretrained_dir=None, log=print,
             progress=True) -> dict:
+    log = log or (lambda *a: None)
     train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
     model, vocab, ps = encoder(pc, pretrained_dir, log, progress)
     _check_vocab(vocab, train + valid)
@@ -169,6 +172,7 @@ def compare(kind: str, ft: dict, pc: PretrainConfig, train_path, valid_path, out
     """Every row of ``COMPARE`` (or ``REGULARISATION``) with the same data, encoder and base
     settings ``ft``; writes compare.md, compare.json and compare.png into ``out``."""
     rows_spec = COMPARE if kind == "strategies" else REGULARISATION
+    log = log or (lambda *a: None)
     train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
     t0 = time.perf_counter()
     model, vocab, ps = encoder(pc, pretrained_dir, log, progress)

@@ -221,13 +221,17 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
     and writes ``out/metrics.jsonl`` and ``out/curves.png``. ``train``/``valid``: lists of
     ``tl.data.QAExample``; ``corpus``: the MLM batches (joint training and the MLM loss
     before and after)."""
-    from ..data import augment
+    from ..data import augment, char_length
     log = log or (lambda *a: None)
     t_start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    if cfg.augment:
-        train = list(train) + augment(train, cfg.augment, seed=cfg.seed)
     T = pretrained.config.max_position
+    if cfg.augment:               # renamed copies; a longer name can push one past the window
+        extra = [a for a in augment(train, cfg.augment, seed=cfg.seed)[len(train):]
+                 if char_length(a.question, a.context) <= T]
+        train = list(train) + extra
+        log(f"augment: {len(extra)} renamed copies of {len(train) - len(extra)} stories "
+            f"(those that fit the {T}-character window)")
     ftr = encode_examples(train, vocab, T)
     fva = encode_examples(valid, vocab, T)
     setup = build(cfg, pretrained)
