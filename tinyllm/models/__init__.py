@@ -1,4 +1,5 @@
-"""``tl.models``: GPT (GPT-2's transformer), Bert (a BERT-style encoder) and AttentionRNN (the document's model, eq. 4.1-4.2).
+"""``tl.models``: GPT (GPT-2's transformer), Bert (a BERT-style encoder) and AttentionRNN (the
+document's model, eq. 4.1-4.2).
 """
 from .bert import Bert, BertConfig, lora_targets
 from .gpt import GPT, GPTConfig, KVCache
