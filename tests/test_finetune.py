@@ -241,6 +241,6 @@ def test_the_regularisation_comparison_writes_its_table(tiny_folder, tmp_path):
     wd, l2 = by["AdamW decay 0.01"]["weight_norm"], by["L2 term 0.01"]["weight_norm"]
     assert wd != l2 and by["no regularisation"]["weight_norm"] > 0
     md = (tmp_path / "compare.md").read_text()
-    assert md.startswith("## Regularisation") and "|W| decayed" in md
+    assert md.startswith("## Regularisation") and "norm of decayed W" in md
     assert (tmp_path / "compare.png").stat().st_size > 1000
     assert json.loads((tmp_path / "compare.json").read_text())["kind"] == "regularisation"

@@ -19,7 +19,7 @@ def markdown(res: dict) -> str:
             "EM", "F1"] + [f"EM {t}" for t in types] + ["MLM loss before -> after"]
     reg = res["kind"] != "strategies"
     if reg:
-        head += ["best EM (step)", "|W| decayed", "stopped"]
+        head += ["best EM (step)", "norm of decayed W", "stopped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cost = (f"{r['ms_per_step'] / ref['ms_per_step']:.2f}" if ref and ref["ms_per_step"]
