@@ -20,13 +20,13 @@ def run_dir(tmp_path_factory):
 
 def _value(out: str, name: str) -> float:
     line = next(x for x in out.splitlines() if x.startswith(name + " "))
-    return float(line[len(name):].split()[0])
+    return float(line[len(name):].split()[0].replace(",", ""))
 
 
 def test_eval_of_a_gpt_checkpoint_on_a_text(run_dir, capsys):
     d, out = run_dir
     assert cli.main(["eval", "--checkpoint", str(out), "--data", str(d / "text.txt"),
-                     "--windows", "8", "--seed", "1"]) == 0
+                     "--windows", "8", "--seed", "1", "--decode-tokens", "0"]) == 0
     text = capsys.readouterr().out
     loss, ppl, bpc = (_value(text, n) for n in ("loss", "perplexity", "bits/char"))
     assert math.isclose(ppl, math.exp(loss), rel_tol=1e-3)
@@ -38,9 +38,9 @@ def test_eval_of_a_gpt_checkpoint_on_a_text(run_dir, capsys):
     x = ids[starts[:, None] + np.arange(16)]
     y = ids[starts[:, None] + np.arange(16) + 1]
     assert math.isclose(loss, float(model(x, y)[1].data), rel_tol=1e-4)
-    # fixed windows: the same figures on every run
+    # fixed windows: the same figures on every run (the decode speed is not timed here)
     assert cli.main(["eval", "--checkpoint", str(out), "--data", str(d / "text.txt"),
-                     "--windows", "8", "--seed", "1"]) == 0
+                     "--windows", "8", "--seed", "1", "--decode-tokens", "0"]) == 0
     assert capsys.readouterr().out == text
 
 
@@ -88,10 +88,47 @@ def test_evaluate_gpt_scores_a_text_shorter_than_the_block(run_dir):
     assert np.isfinite(ev["loss"])
 
 
+def test_eval_reports_size_speed_and_a_paired_difference(run_dir, tmp_path, capsys):
+    import tinyllm as tl
+    from tinyllm.train.evaluate import compare_gpt, window_losses
+    d, out = run_dir
+    args = ["eval", "--checkpoint", str(out), "--data", str(d / "text.txt"), "--windows", "8",
+            "--decode-tokens", "8"]
+    assert cli.main(args + ["--reference", str(out)]) == 0
+    text = capsys.readouterr().out
+    size = (out / "last" / "model.safetensors").stat().st_size
+    assert _value(text, "size as stored") == size
+    assert _value(text, "decode speed") > 0
+    assert _value(text, "loss - reference") == 0.0            # itself: the same windows
+    assert _value(text, "greedy agreement") == 100.0
+    assert _value(text, "identical greedy prefix") == 200
+    # the per-window losses average to the loss evaluate_gpt reports
+    model, tok, _ = load_model(str(out / "last"))
+    ids = np.array(tok.encode(TEXT))
+    w = window_losses(model, ids, 8, seed=0)
+    assert math.isclose(w.mean(), evaluate_gpt(model, tok, ids, 8)["loss"], rel_tol=1e-5)
+    # a perturbed copy: a positive difference, measured pairwise
+    noisy, _, _ = load_model(str(out / "last"))
+    rng = np.random.default_rng(0)
+    for p in noisy.parameters():
+        p.data += rng.standard_normal(p.data.shape).astype(p.data.dtype) * 0.05
+    c = compare_gpt(noisy, model, ids, 8, greedy_tokens=20)
+    assert c["delta"] > 0 and c["delta_se"] > 0
+    assert math.isclose(c["delta"], c["loss"] - c["reference_loss"], rel_tol=1e-9)
+    assert 0 <= c["greedy_agreement"] <= 1 and c["greedy_prefix"] <= 20
+    tl.save(noisy, str(tmp_path / "noisy"), tokenizer=tok)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "noisy"), "--data",
+                     str(d / "text.txt"), "--windows", "8", "--decode-tokens", "0",
+                     "--reference", str(out)]) == 0
+    assert _value(capsys.readouterr().out, "loss - reference") > 0
+
+
 def test_eval_bad_input(run_dir, tmp_path, capsys):
     d, out = run_dir
     (tmp_path / "zebra.txt").write_text("Zebra")
     for argv, msg in ((["--windows", "0"], "--windows"),
+                      (["--decode-tokens", "-1"], "--decode-tokens"),
+                      (["--reference", str(tmp_path / "nothing")], "--reference"),
                       (["--data", str(tmp_path / "none.txt")], "not found"),
                       (["--data", str(tmp_path / "zebra.txt")], "unknown character")):
         assert cli.main(["eval", "--checkpoint", str(out), *argv]) == 2

@@ -461,6 +461,28 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--data: {where} is {len(ids)} token(s); at least 2 are needed")
     windows = args.windows if args.windows is not None else EVAL_WINDOWS
     ev = evaluate_gpt(model, tok, ids, windows=windows, seed=args.seed)
+    from .train.evaluate import compare_gpt, decode_speed, stored_bytes
+    from .train.evaluate import _prompt as prompt_of
+    ev.add("size as stored", stored_bytes(folder), "bytes", ",.0f")
+    if args.decode_tokens:
+        tps = decode_speed(model, prompt_of(ids, 32, args.seed), args.decode_tokens)
+        ev.add("decode speed", tps, f"tokens/s (batch 1, KV cache, greedy, "
+               f"{args.decode_tokens} tokens)", ".1f")
+    if args.reference:
+        ref, ref_tok, ref_meta, ref_folder = _load_model_arg(args.reference, "--reference")
+        if ref_meta["model"]["type"] != "gpt" or \
+                getattr(ref_tok, "to_dict", lambda: None)() != getattr(tok, "to_dict",
+                                                                      lambda: None)():
+            raise UsageError(f"--reference: {args.reference} is not a GPT with this "
+                             f"checkpoint's tokenizer; the windows must be the same tokens")
+        c = compare_gpt(model, ref, ids, windows, args.seed)
+        ev.add("loss - reference", c["delta"], f"nats/token, paired on the same windows "
+               f"(standard error {c['delta_se']:.5f})", "+.5f")
+        ev.add("greedy agreement", 100 * c["greedy_agreement"], f"% of {c['greedy_tokens']} "
+               f"tokens (teacher-forced on the reference's greedy text)", ".1f")
+        ev.add("identical greedy prefix", c["greedy_prefix"], "tokens", ".0f")
+        ev.add("size / reference", stored_bytes(folder) / max(1, stored_bytes(ref_folder)),
+               "x", ".3f")
     print(f"{head} on {where}, {len(ids):,} tokens")
     print(ev.table())
     return 0
@@ -587,6 +609,12 @@ def _parser():
                     "seeded windows of block_size tokens scored (GPT; default: 64, "
                     "tinyllm.train.evaluate.EVAL_WINDOWS)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the window positions")
+    ev.add_argument("--reference", metavar="DIR", help="another GPT checkpoint with the same "
+                    "tokenizer (e.g. the fp32 model a compressed one came from): the loss "
+                    "difference paired on the same windows, greedy agreement, size ratio")
+    ev.add_argument("--decode-tokens", type=int, default=64, metavar="N", help="tokens "
+                    "decoded (greedy, batch 1, KV cache) to time the decode speed; 0 = skip "
+                    "(GPT; default 64)")
     ev.set_defaults(run=cmd_eval)
     ops_list = ", ".join(_all_op_names())
     op_help = f"only this op (repeatable; default: every op), one of: {ops_list}"
@@ -703,6 +731,8 @@ def _validate(args) -> None:
                                  "same text again")
     if args.command == "eval" and args.windows is not None and args.windows < 1:
         raise UsageError(f"--windows must be at least 1, got {args.windows}")
+    if args.command == "eval" and args.decode_tokens < 0:
+        raise UsageError(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
     if args.command == "train" and getattr(args, "resume", False):
         checkpoint_arg(args.out, "--resume: --out")     # a run to resume, before anything runs
 

@@ -19,10 +19,27 @@ split (the same split ``tinyllm train`` reports at the end).
 
 Each ``evaluate_*`` returns an ``Evaluation``: a list of named metrics with units, printed as
 a table. Adding a metric (model size, decode speed, ...) is one more ``add`` call.
+
+Inference figures (GPT), the columns of a compression table:
+
+- ``stored_bytes(folder)``: the model's size as stored, the bytes of its array files
+  (``model.safetensors``; the optimiser's state is not the model);
+- ``decode_speed(model, ...)``: tokens/s of greedy KV-cache decoding at batch 1, from a
+  fixed prompt for a fixed number of tokens, the median of a few timed rounds after one
+  untimed warm-up;
+- ``compare_gpt(model, reference, ...)``: the loss difference against a reference model on
+  the *same* windows, paired (per window d_w = loss_w(model) - loss_w(reference); the mean
+  and its standard error sd(d) / sqrt(n), far smaller than either loss's own spread), and
+  how often the two agree on the greedy next token along the reference's own greedy
+  continuation (teacher-forced: each position sees the reference's tokens before it, so one
+  early disagreement does not count twice), plus the length of the prefix both greedy
+  continuations share.
 """
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +49,8 @@ from ..autograd import no_grad
 EVAL_WINDOWS = 64       # windows scored when the caller does not say
 
 __all__ = ["EVAL_WINDOWS", "Metric", "Evaluation", "sample_windows", "units_per_token",
-           "evaluate_gpt", "evaluate_rnn"]
+           "evaluate_gpt", "evaluate_rnn", "window_losses", "stored_bytes", "decode_speed",
+           "greedy_agreement", "compare_gpt"]
 
 
 @dataclass
@@ -130,3 +148,108 @@ def evaluate_rnn(model, held, what: str = "") -> Evaluation:
     ev = Evaluation(what or f"{len(held)} held-out examples, greedy decoding")
     ev.add("exact match", 100.0 * evaluate_exact_match(model, held), "%", ".1f")
     return ev
+
+
+# ------------------------------------------------------------------ inference figures (GPT)
+
+def _log_softmax_rows(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+
+
+def window_losses(model, ids: np.ndarray, windows: int = EVAL_WINDOWS, seed: int = 0
+                  ) -> np.ndarray:
+    """The mean loss (nats/token) of each of the seeded windows ``sample_windows`` picks
+    (the windows of ``evaluate_gpt``): (windows,) float64."""
+    ids = np.asarray(ids, np.int64)
+    T = min(model.config.block_size, len(ids) - 1)
+    starts = sample_windows(len(ids), T, windows, seed)
+    V = model.config.vocab_size
+    b = max(1, min(16, (1 << 22) // (T * V)))        # at most ~4M logits at a time
+    offs = np.arange(T)
+    out = np.empty(windows)
+    with no_grad():
+        was = model.training
+        model.eval()
+        try:
+            for lo in range(0, windows, b):
+                s = starts[lo:lo + b, None]
+                x, y = ids[s + offs], ids[s + offs + 1]                    # (b, T)
+                logits, _ = model(x)                                       # (b, T, V)
+                lp = _log_softmax_rows(logits.data)
+                nll = -np.take_along_axis(lp, y[..., None], axis=-1)[..., 0]
+                out[lo:lo + b] = nll.mean(axis=1)
+        finally:
+            model.train(was)
+    return out
+
+
+def stored_bytes(folder: str) -> int:
+    """Bytes of the model's array files in a checkpoint folder (``*.safetensors`` but the
+    optimiser's ``optim.safetensors``)."""
+    total = 0
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors") and not name.startswith("optim"):
+            total += os.path.getsize(os.path.join(folder, name))
+    return total
+
+
+def _prompt(ids: np.ndarray, length: int, seed: int) -> np.ndarray:
+    start = int(np.random.default_rng(seed + 7).integers(0, max(1, len(ids) - length)))
+    return np.asarray(ids[start:start + length], np.int64)
+
+
+def decode_speed(model, prompt: np.ndarray, new_tokens: int = 64, rounds: int = 3) -> float:
+    """Greedy KV-cache decoding at batch 1: tokens/s of ``new_tokens`` after ``prompt``
+    (T,), the median of ``rounds`` timed runs after an untimed warm-up (which also compiles
+    the kernels)."""
+    from ..infer import generate
+    x = np.asarray(prompt, np.int64)[None]
+    generate(model, x, min(4, new_tokens), temperature=0.0)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        generate(model, x, new_tokens, temperature=0.0)
+        times.append(time.perf_counter() - t0)
+    return new_tokens / float(np.median(times))
+
+
+def greedy_agreement(model, reference, prompt: np.ndarray, n: int = 200) -> tuple:
+    """(share of positions where ``model``'s greedy token equals ``reference``'s along the
+    reference's greedy continuation, the length of the prefix their own greedy continuations
+    share), over ``n`` new tokens after ``prompt``."""
+    from ..infer import generate
+    x = np.asarray(prompt, np.int64)[None]
+    ref = generate(reference, x, n, temperature=0.0)[0]                   # (T + n,)
+    own = generate(model, x, n, temperature=0.0)[0]
+    T, B = x.shape[1], model.config.block_size
+    agree = 0
+    with no_grad():
+        was = model.training
+        model.eval()
+        try:
+            for i in range(n):                   # teacher-forced on the reference's tokens
+                ctx = ref[max(0, T + i - B):T + i][None]
+                logits, _ = model(ctx)
+                agree += int(np.argmax(logits.data[0, -1]) == ref[T + i])
+        finally:
+            model.train(was)
+    same = np.flatnonzero(own[T:] != ref[T:])
+    prefix = int(same[0]) if same.size else n
+    return agree / n, prefix
+
+
+def compare_gpt(model, reference, ids: np.ndarray, windows: int = EVAL_WINDOWS, seed: int = 0,
+                greedy_tokens: int = 200, prompt_len: int = 32) -> dict:
+    """Paired loss difference (mean, standard error) on the same windows and greedy
+    agreement against ``reference``."""
+    a = window_losses(model, ids, windows, seed)
+    r = window_losses(reference, ids, windows, seed)
+    d = a - r
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    p = _prompt(ids, prompt_len, seed)
+    share, prefix = greedy_agreement(model, reference, p, greedy_tokens)
+    return {"loss": float(a.mean()), "reference_loss": float(r.mean()), "delta": float(d.mean()),
+            "delta_se": se, "greedy_agreement": share, "greedy_prefix": prefix,
+            "greedy_tokens": greedy_tokens}
