@@ -1,0 +1,175 @@
+"""The compression table: every quantisation and precision scheme applied to one trained GPT
+(the *teacher*), each measured with ``tinyllm eval`` against it on the same windows.
+
+    python benchmarks/run_compression.py --out bench-compress            # trains a teacher
+    python benchmarks/run_compression.py --teacher runs/gpt --out DIR     # reuses one
+    python benchmarks/run_compression.py --quick --out /tmp/c              # smoke (~1 min)
+
+For each row: ``tinyllm compress --checkpoint TEACHER --method M --out DIR/M`` (storage
+methods), then ``tinyllm eval --checkpoint DIR/M --reference TEACHER --windows N``. Each run
+is a process of its own. The rows of the "everywhere" precision modes (every op output
+rounded) run in this process through ``tl.precision``. Writes ``DIR/compression.json``,
+``DIR/compression.md`` (the table) and ``DIR/compression.png`` (size against loss
+difference, with decode speed as the label).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+# (row name, compress method, extra flags)
+STORAGE = [
+    ("int8 per-channel", "int8", []),
+    ("int8 per-tensor", "int8-tensor", []),
+    ("int8 group-32", "int8-g32", []),
+    ("int4 per-tensor", "int4-tensor", []),
+    ("int4 per-channel", "int4", []),
+    ("int4 group-32", "int4-g32", []),
+    ("int4 group-32, embedding too", "int4-g32", ["--no-keep-embeddings"]),
+    ("fp16 storage", "fp16", []),
+    ("bf16 storage", "bf16", []),
+]
+
+
+def _tinyllm(*args, quiet=False) -> str:
+    p = subprocess.run([sys.executable, "-m", "tinyllm", *args], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"tinyllm {' '.join(args)} failed ({p.returncode}): "
+                         f"{p.stderr.strip()[-500:]}")
+    return p.stdout
+
+
+def _metrics(text: str) -> dict:
+    """The metric lines of `tinyllm eval`'s table: {name: value}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split("  ")
+        parts = [p.strip() for p in parts if p.strip()]
+        if len(parts) >= 2:
+            try:
+                out[parts[0]] = float(parts[1].split()[0].replace(",", ""))
+            except ValueError:
+                pass
+    return out
+
+
+def teacher(args) -> str:
+    if args.teacher:
+        return args.teacher
+    path = os.path.join(args.out, "teacher")
+    steps = "30" if args.quick else "2000"
+    if not os.path.isdir(os.path.join(path, "last")):
+        print(f"training the teacher: tinyllm train --model gpt --config small "
+              f"--max_steps={steps} --out {path}", flush=True)
+        _tinyllm("train", "--model", "gpt", "--config", "small", f"--max_steps={steps}",
+                 "--out", path)
+    return path
+
+
+def storage_rows(args, t: str) -> list:
+    rows = []
+    ev = ["--windows", str(args.windows), "--decode-tokens", str(args.decode_tokens)]
+    base = _metrics(_tinyllm("eval", "--checkpoint", t, *ev))
+    rows.append({"name": "fp32 (the teacher)", "loss": base["loss"], "delta": 0.0,
+                 "delta_se": 0.0, "bytes": base["size as stored"], "size": 1.0,
+                 "decode": base.get("decode speed"), "greedy": 100.0})
+    for name, method, flags in STORAGE:
+        d = os.path.join(args.out, name.replace(" ", "_").replace(",", ""))
+        _tinyllm("compress", "--checkpoint", t, "--method", method, *flags, "--out", d)
+        m = _metrics(_tinyllm("eval", "--checkpoint", d, "--reference", t, *ev))
+        rows.append({"name": name, "loss": m["loss"], "delta": m["loss - reference"],
+                     "bytes": m["size as stored"], "size": m["size / reference"],
+                     "decode": m.get("decode speed"), "greedy": m["greedy agreement"],
+                     "prefix": m["identical greedy prefix"]})
+        print(f"{name:<32} Δ {rows[-1]['delta']:+.5f}  size {rows[-1]['size']:.3f}x  "
+              f"decode {rows[-1]['decode'] or 0:.1f} tok/s", flush=True)
+    return rows
+
+
+def everywhere_rows(args, t: str) -> list:
+    """bf16/fp16 rounding of every op output, in this process (tl.precision)."""
+    import tinyllm as tl
+    from tinyllm.data import load_corpus, train_val_split
+    from tinyllm.train.evaluate import window_losses
+    model, tok = tl.load(t)
+    ids = train_val_split(__import__("numpy").asarray(tok.encode(load_corpus())), 0.9)[1]
+    ref = window_losses(model, ids, args.windows)
+    rows = []
+    for fmt, rounding in (("bf16", "rne"), ("bf16", "truncate"), ("bf16", "stochastic"),
+                          ("fp16", "rne")):
+        with tl.precision.everywhere(fmt, rounding=rounding):
+            w = window_losses(model, ids, args.windows)
+        d = w - ref
+        rows.append({"name": f"{fmt} everywhere ({rounding})", "loss": float(w.mean()),
+                     "delta": float(d.mean()),
+                     "delta_se": float(d.std(ddof=1) / len(d) ** 0.5), "bytes": None,
+                     "size": None, "decode": None, "greedy": None})
+        print(f"{rows[-1]['name']:<32} Δ {rows[-1]['delta']:+.5f}", flush=True)
+    return rows
+
+
+def markdown(rows, t, windows) -> str:
+    lines = [f"Teacher: `{t}`; {windows} fixed windows of the validation split; Δ = loss "
+             f"difference against the teacher on the same windows (nats/char).", "",
+             "| scheme | loss | Δ | size | bytes | decode tok/s (batch 1) | greedy agreement % |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        size = f"{r['size']:.3f}x" if r.get("size") is not None else "-"
+        by = f"{r['bytes']:,.0f}" if r.get("bytes") is not None else "-"
+        dec = f"{r['decode']:.1f}" if r.get("decode") else "-"
+        gr = f"{r['greedy']:.1f}" if r.get("greedy") is not None else "-"
+        lines.append(f"| {r['name']} | {r['loss']:.4f} | {r['delta']:+.5f} | {size} | {by} | "
+                     f"{dec} | {gr} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r.get("size") is None:
+            continue
+        ax.scatter(r["size"], max(r["delta"], 1e-6), s=30)
+        label = r["name"] + (f" ({r['decode']:.0f} tok/s)" if r.get("decode") else "")
+        ax.annotate(label, (r["size"], max(r["delta"], 1e-6)), fontsize=7,
+                    xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("size relative to fp32")
+    ax.set_ylabel("Δ loss against fp32 (nats/char; floor 1e-6)")
+    ax.set_title("compression: size, loss and decode speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench-compress")
+    ap.add_argument("--teacher", help="a trained GPT run folder (default: train one)")
+    ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.windows, a.decode_tokens = 4, 8
+    os.makedirs(a.out, exist_ok=True)
+    t = teacher(a)
+    rows = storage_rows(a, t) + everywhere_rows(a, t)
+    with open(os.path.join(a.out, "compression.json"), "w") as f:
+        json.dump({"teacher": t, "windows": a.windows, "rows": rows}, f, indent=1)
+    md = markdown(rows, t, a.windows)
+    with open(os.path.join(a.out, "compression.md"), "w") as f:
+        f.write(md)
+    plot(rows, os.path.join(a.out, "compression.png"))
+    print("\n" + md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
