@@ -395,6 +395,9 @@ def test_byte_to_unicode_map():
     ("e\u0301", ["e", "\u0301"]),                               # a combining mark is "other"
     ("\xa0x", ["\xa0", "x"]),                                   # NBSP is \s, not " "
     ("a\x1cb", ["a", "\x1c", "b"]),                             # isspace() but not \s
+    ("a\x1c\x1cb", ["a", "\x1c\x1c", "b"]),
+    ("x\xa0\xa0y", ["x", "\xa0", "\xa0", "y"]),
+    ("x1,5% ²!", ["x", "1", ",", "5", "%", " ²", "!"]),          # numbers apart from symbols
     ("snake_case", ["snake", "_", "case"]),
     ("", []),
 ])
