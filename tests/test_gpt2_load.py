@@ -9,6 +9,8 @@ comparisons run only where those packages are installed.
 """
 import json
 import os
+import re
+import unicodedata
 
 import numpy as np
 import pytest
@@ -409,6 +411,39 @@ def test_pretokenize_edge_cases(text, pieces):
 @given(st.text())
 def test_pretokenize_pieces_join_to_the_text(text):
     assert "".join(pretokenize(text)) == text
+
+
+def _ranges(pred) -> str:
+    """A regex character-class body for every code point where ``pred`` holds."""
+    out, start = [], None
+    for cp in range(0x110000 + 1):
+        hit = cp < 0x110000 and pred(chr(cp))
+        if hit and start is None:
+            start = cp
+        elif not hit and start is not None:
+            out.append(re.escape(chr(start)) + ("" if cp - 1 == start
+                                                else "-" + re.escape(chr(cp - 1))))
+            start = None
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def stdlib_gpt2_regex():
+    """GPT-2's pattern in stdlib ``re``, with \\p{L}, \\p{N} and \\s spelled out as explicit
+    code-point classes: an oracle for the hand-written scanner that shares none of its
+    logic (``re`` does the alternation and backtracking)."""
+    L = _ranges(lambda c: unicodedata.category(c)[0] == "L")
+    N = _ranges(lambda c: unicodedata.category(c)[0] == "N")
+    S = "".join(re.escape(c) for c in sorted(WHITESPACE))
+    return re.compile(rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{S}{L}{N}]+"""
+                      rf"""|[{S}]+(?![^{S}])|[{S}]+""")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.sampled_from("ab é1²Ⅻ'sdtlvmr \t\n\xa0\x1c\u2028,.!_Ω\u0301"))
+       | st.text())
+def test_pretokenize_matches_a_stdlib_regex(stdlib_gpt2_regex, text):
+    assert pretokenize(text) == stdlib_gpt2_regex.findall(text)
 
 
 def test_pretokenize_matches_the_regex_module():
