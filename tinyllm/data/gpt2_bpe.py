@@ -279,7 +279,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes that id ``i`` stands for (a special token: its UTF-8 text)."""
-        i = self._check_ids([i])[0]
+        return self._bytes_of(self._check_ids([i])[0])
+
+    def _bytes_of(self, i: int) -> bytes:
         b = self._token_bytes[i]
         if b is None:
             t = self.id_to_token[i]
@@ -292,7 +294,8 @@ class GPT2Tokenizer(Tokenizer):
         return b
 
     def decode(self, ids: Iterable[int]) -> str:
-        data = b"".join(self.token_bytes(i) for i in self._check_ids(ids))
+        get = self._bytes_of                    # the ids are checked once, not one by one
+        data = b"".join([get(i) for i in self._check_ids(ids)])
         try:
             return data.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
