@@ -284,8 +284,16 @@ def checkpoint_arg(path: str, flag: str = "--checkpoint"):
 
 def _load_model_arg(path: str, flag: str = "--checkpoint"):
     """(model, tokenizer or task, meta, folder) from a command-line checkpoint path."""
+    from .models.hf_gpt2 import is_hf_gpt2_dir
     from .train.checkpoint import CheckpointError
     from .train.runs import load_model
+    if is_hf_gpt2_dir(path):             # a Hugging Face GPT-2 folder: no meta.json
+        from .train.persist import load_hf_gpt2
+        try:
+            model, tok = load_hf_gpt2(path)
+        except CheckpointError as e:
+            raise RunError(f"{flag}: {e}") from None
+        return model, tok, {"model": {"type": "gpt"}, "format": "huggingface-gpt2"}, path
     folder = _checkpoint_folder(path, flag)
     try:
         model, extra, meta = load_model(folder)

@@ -9,6 +9,7 @@
 This package imports only numpy, the stdlib and tinyllm.errors.
 """
 from .corpus import default_corpus, encode_text, get_batch, load_corpus, train_val_split
+from .gpt2_bpe import GPT2Tokenizer
 from .squad import QAExample, SquadFormatError, char_length, load_squad, write_squad
 from .stories import (ANSWER_TYPE, ENTITY_TYPES, QTYPES, answer_type, augment, generate_stories,
                       make_qa_files, rename_entities, type_words)
@@ -18,6 +19,7 @@ from .tokenizers import (BPETokenizer, CharTokenizer, Tokenizer, UnknownTokenErr
                          load_tokenizer)
 
 __all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "UnknownTokenError", "load_tokenizer",
+           "GPT2Tokenizer",
            "load_corpus", "default_corpus", "train_val_split", "encode_text", "get_batch",
            "SeqTask", "TaskData", "reversal_task", "copy_task", "exact_match",
            "masked_exact_match", "PAD", "BOS", "SEP", "EOS", "IGNORE_INDEX",

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from ._base import Tokenizer, UnknownTokenError
 from ._jsonio import read_json
 from .bpe import BPETokenizer
+from .gpt2_bpe import GPT2Tokenizer
 
 __all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "UnknownTokenError", "load_tokenizer"]
 
@@ -84,7 +85,8 @@ class CharTokenizer(Tokenizer):
 
 
 _TYPES: dict[str, type[Tokenizer]] = {CharTokenizer.type_name: CharTokenizer,
-                                      BPETokenizer.type_name: BPETokenizer}
+                                      BPETokenizer.type_name: BPETokenizer,
+                                      GPT2Tokenizer.type_name: GPT2Tokenizer}
 
 
 def load_tokenizer(path_or_dict: str | os.PathLike | dict[str, Any]) -> Tokenizer:

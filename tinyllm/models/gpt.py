@@ -144,6 +144,13 @@ class GPT(Module):
         t.ln_f = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
         self.transformer = t
 
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32) -> "GPT":
+        """The GPT of a local Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``
+        with GPT-2's names), in eval mode; see ``tinyllm.models.hf_gpt2``. Nothing downloads."""
+        from .hf_gpt2 import load_gpt2
+        return load_gpt2(path, dtype)
+
     @property
     def dtype(self) -> np.dtype:
         return self.transformer.wte.weight.dtype

@@ -28,20 +28,44 @@ import os
 
 import numpy as np
 
-from ..data import BPETokenizer, CharTokenizer, SeqTask
+from ..data import BPETokenizer, CharTokenizer, GPT2Tokenizer, SeqTask
 from ..models import GPT, AttentionRNN
+from ..models.hf_gpt2 import is_hf_gpt2_dir
 from . import runs
 from .checkpoint import CheckpointError, save_checkpoint
 
-__all__ = ["load", "save"]
+__all__ = ["load", "save", "load_hf_gpt2"]
 
 
 def load(path: str):
     """(model, tokenizer) of a GPT checkpoint or (model, task) of an RNN one, from a
     checkpoint folder or a run folder (its ``last/``, else ``best/``). The model is in eval
-    mode. Raises ``CheckpointError`` for a missing, truncated or corrupt checkpoint."""
+    mode. Raises ``CheckpointError`` for a missing, truncated or corrupt checkpoint. A Hugging
+    Face GPT-2 folder gives (GPT, GPT2Tokenizer): ``load_hf_gpt2``."""
+    if is_hf_gpt2_dir(path):
+        return load_hf_gpt2(path)
     model, extra, _meta = runs.load_model(os.fspath(path))
     return model, extra
+
+
+def load_hf_gpt2(path, dtype=np.float32):
+    """(GPT, GPT2Tokenizer) of a Hugging Face GPT-2 folder: ``GPT.from_pretrained(path)``
+    and ``GPT2Tokenizer.from_dir(path)``. Raises ``CheckpointError`` naming the file, setting
+    or tensor that is missing or wrong."""
+    path = os.fspath(path)
+    for name in ("vocab.json", "merges.txt"):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise CheckpointError(f"Hugging Face GPT-2 folder {path!r} has no {name} (the "
+                                  f"tokenizer needs vocab.json and merges.txt)")
+    try:
+        model = GPT.from_pretrained(path, dtype)
+        tok = GPT2Tokenizer.from_dir(path)
+    except ValueError as e:                 # HFCheckpointError, or the tokenizer's files
+        raise CheckpointError(str(e)) from None
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {tok.vocab_size} tokens but the "
+                              f"model's vocab_size is {model.config.vocab_size}")
+    return model, tok
 
 
 def _dtype_of(model) -> str:
