@@ -107,7 +107,10 @@ def _f32_bits(x, what: str) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{what}: x must be real numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    a32 = np.asarray(arr, dtype=np.float32)
+    if not a32.flags.c_contiguous:
+        a32 = a32.copy()             # view() needs contiguous memory; 0-d arrays stay 0-d
+    return a32.view(np.uint32)
 
 
 def _shift_round(v: np.ndarray, s, rounding: str, rng) -> np.ndarray:
@@ -166,7 +169,8 @@ def f32_to_fp16_bits(x, rounding: str = "rne", rng=None) -> np.ndarray:
     # normal float16 (|x| >= 2^-14, e >= 113): re-bias the exponent by 127 - 15 = 112, then
     # drop 13 mantissa bits; a carry may reach 0x7C00 (inf) from 65520 up
     normal = a >= 0x38800000
-    rebased = np.where(normal, a - np.uint64(112 << 23), np.uint64(0))
+    rebased = np.where(normal, np.maximum(a, np.uint64(0x38800000)) - np.uint64(112 << 23),
+                       np.uint64(0))
     mag_n = _shift_round(rebased, 13, rounding, rng)
     # subnormal float16 (|x| < 2^-14): m = M >> (126 - e), M the significand with its
     # implicit 1 (none for e = 0, a float32 subnormal, whose exponent acts as 1)
