@@ -43,16 +43,17 @@ MODES = [("fp32", None, None, None),
 
 
 def window_losses(model, ids: np.ndarray, starts: np.ndarray, batch_size: int = 16,
-                  mode=None, fmt=None, rounding="rne", seed: int = 0) -> np.ndarray:
+                  mode=None, fmt=None, rounding="rne", seed: int = 0, logp: bool = False):
     """Per-window mean nats/token (W,) of ``model`` on windows ``ids[s : s + T]`` -> next
     tokens, T = block_size (as tinyllm.train.evaluate.evaluate_gpt lays them out). ``mode``
     "everywhere" runs the forward under P.everywhere(fmt, rounding) (stochastic: one
     generator seeded ``seed`` for the whole pass); the loss is plain float64 NumPy, which
-    the rounding hook does not see (it rounds autograd op outputs only)."""
+    the rounding hook does not see (it rounds autograd op outputs only). ``logp=True``:
+    (losses, log-probabilities (W, T, V) float64)."""
     ids = np.asarray(ids, np.int64)
     T = min(model.config.block_size, len(ids) - 1)
     offs = np.arange(T)
-    out = []
+    out, lps = [], []
     rounding_ctx = (P.everywhere(fmt, rounding, rng=seed if rounding == "stochastic" else None)
                     if mode == "everywhere" else contextlib.nullcontext())
     was_training = model.training
@@ -67,9 +68,11 @@ def window_losses(model, ids: np.ndarray, starts: np.ndarray, batch_size: int = 
                 lse = m[..., 0] + np.log(np.exp(z - m).sum(-1))           # (b, T)
                 nll = lse - np.take_along_axis(z, y[..., None], -1)[..., 0]
                 out.append(nll.mean(-1))                                  # (b,)
+                if logp:
+                    lps.append(z - lse[..., None])                        # (b, T, V)
     finally:
         model.train(was_training)
-    return np.concatenate(out)
+    return (np.concatenate(out), np.concatenate(lps)) if logp else np.concatenate(out)
 
 
 def precision_rows(model, tokenizer, ids, windows=40, seed: int = 0, batch_size: int = 16,
@@ -79,7 +82,9 @@ def precision_rows(model, tokenizer, ids, windows=40, seed: int = 0, batch_size:
     rounding, so they measure weights + activations), loss (nats/token), delta and delta_se
     (paired against the fp32 row on the same windows), and for an everywhere row that is not
     RNE, vs_rne and vs_rne_se: its paired difference from the RNE row of the same format
-    (listed earlier in ``modes``). ``windows``: a count (seeded starts from
+    (listed earlier in ``modes``); kl, the mean over every predicted position of
+    KL(fp32 || mode) in nats (how far the predicted distributions moved, noise-free where
+    the loss difference is noisy). ``windows``: a count (seeded starts from
     sample_windows, as ``tinyllm eval``) or an array of window starts. ``tokenizer`` is
     unused (kept for a uniform signature: the loss is per token). The model's weights are
     restored afterwards."""
@@ -93,7 +98,7 @@ def precision_rows(model, tokenizer, ids, windows=40, seed: int = 0, batch_size:
                          f"[0, {len(ids) - T - 1}], got {windows!r}")
     n = model.num_parameters()
     originals = [p.data.copy() for p in model.parameters()]
-    rows, base, rne = [], None, {}
+    rows, base, base_lp, rne = [], None, None, {}
     try:
         for name, mode, fmt, rounding in modes:
             nbytes = 4 * n
@@ -101,19 +106,23 @@ def precision_rows(model, tokenizer, ids, windows=40, seed: int = 0, batch_size:
                 nbytes = P.store_weights(model, fmt, rounding,
                                          rng=seed if rounding == "stochastic" else None)
             t0 = time.perf_counter()
-            w = window_losses(model, ids, starts, batch_size, mode, fmt, rounding, seed)
+            w, lp = window_losses(model, ids, starts, batch_size, mode, fmt, rounding, seed,
+                                  logp=True)
             secs = time.perf_counter() - t0
             for p, a in zip(model.parameters(), originals):
                 p.data[...] = a
             if base is None:
-                base = w
+                base, base_lp = w, lp
             d = w - base
+            # KL(fp32 || mode) per position, sum_v p32 (log p32 - log p), then the mean
+            kl = float((np.exp(base_lp) * (base_lp - lp)).sum(-1).mean())
+            del lp
             rows.append({"name": name, "mode": mode or "fp32", "fmt": fmt or "fp32",
                          "rounding": rounding, "bytes": int(nbytes), "loss": float(w.mean()),
                          "delta": float(d.mean()),
                          "delta_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1
                          else float("nan"),
-                         "windows": int(len(starts)), "seconds": round(secs, 2)})
+                         "kl": kl, "windows": int(len(starts)), "seconds": round(secs, 2)})
             if mode == "everywhere" and rounding == "rne":
                 rne[fmt] = w
             elif mode == "everywhere" and fmt in rne:
@@ -128,11 +137,11 @@ def precision_rows(model, tokenizer, ids, windows=40, seed: int = 0, batch_size:
 
 def table(rows) -> str:
     out = ["| mode | bytes | val loss (nats/token) | Δ vs fp32 (± paired se) | "
-           "vs RNE (± se) |", "|---|---:|---:|---:|---:|"]
+           "vs RNE (± se) | KL(fp32 ‖ mode) |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         vs = f"{r['vs_rne']:+.5f} ± {r['vs_rne_se']:.5f}" if "vs_rne" in r else ""
         out.append(f"| {r['name']} | {r['bytes']:,} | {r['loss']:.4f} | "
-                   f"{r['delta']:+.5f} ± {r['delta_se']:.5f} | {vs} |")
+                   f"{r['delta']:+.5f} ± {r['delta_se']:.5f} | {vs} | {r['kl']:.2e} |")
     return "\n".join(out)
 
 
