@@ -279,3 +279,28 @@ def test_everywhere_keeps_float64_outputs_float64():
     with P.everywhere("fp16"):
         y = x * 3.0
     assert y.dtype == np.float64 and _representable(y.data.astype(np.float32), "fp16")
+
+
+def test_precision_rows_on_a_tiny_gpt():
+    """The benchmark's measuring function: its fp32 row is evaluate_gpt's loss on the same
+    windows, every row is paired against it, and the model's weights come back unchanged."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "precision_eval.py"
+    spec = importlib.util.spec_from_file_location("precision_eval", path)
+    pe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pe)
+    model = _gpt()
+    ids = RNG.integers(0, 11, 300)
+    before = [p.data.copy() for p in model.parameters()]
+    tok = tl.data.CharTokenizer("abcdefghijk")
+    rows = pe.precision_rows(model, tok, ids, windows=5, seed=2)
+    assert [r["name"] for r in rows] == [m[0] for m in pe.MODES]
+    ref = tl.train.evaluate.evaluate_gpt(model, tok, ids, windows=5, seed=2)["loss"]
+    assert abs(rows[0]["loss"] - ref) < 1e-5 and rows[0]["delta"] == 0 and rows[0]["kl"] == 0
+    n = model.num_parameters()
+    assert [r["bytes"] for r in rows] == [4 * n] + [2 * n] * 6
+    assert all(r["kl"] > 0 for r in rows[1:]) and "vs_rne" in rows[4]
+    assert all(np.array_equal(p.data, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError, match="windows"):
+        pe.precision_rows(model, tok, ids, windows=np.array([10**6]))
