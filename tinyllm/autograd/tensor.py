@@ -32,6 +32,7 @@ import traceback
 import numpy as np
 
 from ..errors import AnomalyError, ShapeError
+from ..precision import _ACTIVE as _PRECISION   # tl.precision.everywhere's output rounding
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -419,6 +420,9 @@ class Function:
             raise RuntimeError(f"{cls.__name__}.forward returned an empty tuple; it must "
                                f"return an array or a tuple of arrays")
         outs = tuple(o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs)
+        rnd = _PRECISION["round"]
+        if rnd is not None:     # inside tl.precision.everywhere(fmt): round every output
+            outs = tuple(rnd(o) for o in outs)
         ctx.n_outputs = len(outs)
         results = []
         for i, o in enumerate(outs):
