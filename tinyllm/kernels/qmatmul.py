@@ -229,8 +229,15 @@ def _mv8_block(x, q, s, gs, y, j0, j1, part, acc):
     for g in range(s.shape[0]):
         for j in range(w):
             part[j] = 0
-        for k in range(g * gs, min(n_in, (g + 1) * gs)):
-            xk, qr = x[k], q[k, j0:j1]
+        k, k1 = g * gs, min(n_in, (g + 1) * gs)
+        while k + 4 <= k1:                                       # four rows per pass over
+            x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]  # the partial (fewer loads
+            q0, q1, q2, q3 = q[k, j0:j1], q[k + 1, j0:j1], q[k + 2, j0:j1], q[k + 3, j0:j1]
+            for j in range(w):                                   # and stores of it)
+                part[j] += (x0 * q0[j] + x1 * q1[j]) + (x2 * q2[j] + x3 * q3[j])
+            k += 4
+        for kk in range(k, k1):
+            xk, qr = x[kk], q[kk, j0:j1]
             for j in range(w):
                 part[j] += xk * qr[j]                            # int8 * float -> float
         sr = s[g, j0:j1]
@@ -322,8 +329,16 @@ def _mm_block(x, qw, s, gs, bits, y, j0, j1, tile, acc):
         _dequant_tile(qw, s, gs, bits, k0, k1, j0, j1, tile)
         for n in range(N):
             xr, ar = x[n], acc[n]
-            for k in range(k0, k1):
-                xv, tr = xr[k], tile[k - k0]
+            k = k0
+            while k + 4 <= k1:                                   # four tile rows per pass
+                x0, x1, x2, x3 = xr[k], xr[k + 1], xr[k + 2], xr[k + 3]
+                t0, t1, t2, t3 = (tile[k - k0], tile[k - k0 + 1], tile[k - k0 + 2],
+                                  tile[k - k0 + 3])
+                for j in range(w):
+                    ar[j] += (x0 * t0[j] + x1 * t1[j]) + (x2 * t2[j] + x3 * t3[j])
+                k += 4
+            for kk in range(k, k1):
+                xv, tr = xr[kk], tile[kk - k0]
                 for j in range(w):
                     ar[j] += xv * tr[j]
     for n in range(N):
