@@ -103,12 +103,18 @@ def _oracle(x, q, s, gran, group):
     return out
 
 
+KERNEL_SIZES = [(1, 33, 17, 32), (3, 33, 17, 32), (1, 1, 5, 32), (2, 45, 31, 16),
+                (1, 1030, 1021, 32), (4, 515, 517, 32), (1, 13, 9, 5)]
+
+
+def test_the_sizes_reach_both_parallel_paths():
+    big = [(N, i, o) for N, i, o, _ in KERNEL_SIZES if N * i * o >= Q._PARALLEL]
+    assert {N == 1 for N, _, _ in big} == {True, False}
+
+
 @pytest.mark.parametrize("impl", ["numpy", "numba"])
 @pytest.mark.parametrize("bits,gran", SCHEME_LIST)
-@pytest.mark.parametrize("N,n_in,n_out,group", [(1, 33, 17, 32), (3, 33, 17, 32),
-                                                (1, 1, 5, 32), (2, 45, 31, 16),
-                                                (1, 300, 257, 32), (6, 301, 140, 32),
-                                                (1, 13, 9, 5)])
+@pytest.mark.parametrize("N,n_in,n_out,group", KERNEL_SIZES)
 def test_kernel_against_an_oracle(impl, bits, gran, N, n_in, n_out, group):
     """Awkward sizes (in = 1, odd in, groups not dividing the row, an odd group inside the
     int4 bytes) and ones big enough for the parallel paths, both implementations."""

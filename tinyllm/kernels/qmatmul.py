@@ -217,7 +217,7 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, None, ("x",))
 
 _JB = 128                 # output columns per task
 _KB = 64                  # weight rows per dequantised tile (several-row case)
-_PARALLEL = 1 << 16       # in * out * rows from which the column blocks run in parallel
+_PARALLEL = 1 << 20       # in * out * rows from which the column blocks run in parallel
 
 
 @njit(inline="always")
@@ -251,6 +251,8 @@ def _mv8_block(x, q, s, gs, y, j0, j1, part, acc):
 def _mv4_block(x, p, s, gs, y, j0, j1, part, acc):
     """y[j0:j1] = x (in,) @ deq(Q)[:, j0:j1], Q packed two rows per byte (ceil(in/2), out)."""
     n_in, w = x.shape[0], j1 - j0
+    one = x[0] * 0 + 1                                           # constants in x's dtype
+    sixteen, eight, sixteenth = one * 16, one * 8, one / 16
     for j in range(w):
         acc[j] = 0
     for g in range(s.shape[0]):
@@ -260,10 +262,16 @@ def _mv4_block(x, p, s, gs, y, j0, j1, part, acc):
         while k < k1:
             br = p[k >> 1, j0:j1]
             if k % 2 == 0 and k + 1 < k1:                        # both nibbles of a byte
+                # in float, 8 lanes wide (integer nibble arithmetic would run in int64):
+                # b = 16 hi + lo, hi = floor(b / 16); the offset 8 is taken out once per
+                # pair, x0 (lo - 8) + x1 (hi - 8) = x0 lo + x1 hi - 8 (x0 + x1)
                 x0, x1 = x[k], x[k + 1]
-                for j in range(w):
-                    b = br[j]
-                    part[j] += x0 * np.int8((b & 15) - 8) + x1 * np.int8((b >> 4) - 8)
+                x0m = x0 * sixteen - x1                           # x0 lo + x1 hi, lo =
+                off = (x0 + x1) * eight                           # b - 16 hi: x0 b + (x1
+                for j in range(w):                                # - 16 x0) hi
+                    fb = br[j] * one
+                    hi = np.floor(fb * sixteenth)
+                    part[j] += x0 * fb - x0m * hi - off
                 k += 2
             else:                                                # one row: a group edge
                 xk, sh = x[k], (k % 2) * 4
