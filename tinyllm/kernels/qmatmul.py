@@ -217,6 +217,8 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, None, ("x",))
 
 _JB = 128                 # output columns per task
 _KB = 64                  # weight rows per dequantised tile (several-row case)
+_MV_JB = 1024             # at most this many output columns per task (one-row product):
+                          # long inner loops; the partial and accumulator (8 KB) in L1
 _PARALLEL = 1 << 20       # in * out * rows from which the column blocks run in parallel
 
 
@@ -248,66 +250,82 @@ def _mv8_block(x, q, s, gs, y, j0, j1, part, acc):
 
 
 @njit(inline="always")
-def _mv4_block(x, p, s, gs, y, j0, j1, part, acc):
-    """y[j0:j1] = x (in,) @ deq(Q)[:, j0:j1], Q packed two rows per byte (ceil(in/2), out)."""
+def _mv4_block(x, p, s, gs, y, j0, j1, part, acc, cst):
+    """y[j0:j1] = x (in,) @ deq(Q)[:, j0:j1], Q packed two rows per byte (ceil(in/2), out).
+
+    Whole bytes are unpacked in float, 16 lanes wide (nibble arithmetic in integers would
+    run in int64 lanes): with b = 16 hi + lo, hi = floor(b / 16) and the stored offset 8,
+    x0 (lo - 8) + x1 (hi - 8) = x0 b - (16 x0 - x1) hi - 8 (x0 + x1), whose last term is
+    the same for every column and is taken out once per group (``off``). The floor is
+    rint((b - 7.5) / 16) (never a tie for an integer b) by the add-and-subtract of
+    M = 1.5 * 2^mantissa, exact in IEEE arithmetic (no fastmath); ``cst`` holds the
+    constants in x's dtype (a float64 literal would turn the loop into float64)."""
     n_in, w = x.shape[0], j1 - j0
-    one = x[0] * 0 + 1                                           # constants in x's dtype
-    sixteen, eight, sixteenth = one * 16, one * 8, one / 16
+    one, sixteen, eight, sixteenth, half15, magic = cst[0], cst[1], cst[2], cst[3], cst[4], \
+        cst[5]
     for j in range(w):
         acc[j] = 0
     for g in range(s.shape[0]):
         for j in range(w):
             part[j] = 0
+        off = cst[6]                                             # 0
         k, k1 = g * gs, min(n_in, (g + 1) * gs)
         while k < k1:
-            br = p[k >> 1, j0:j1]
-            if k % 2 == 0 and k + 1 < k1:                        # both nibbles of a byte
-                # in float, 8 lanes wide (integer nibble arithmetic would run in int64):
-                # b = 16 hi + lo, hi = floor(b / 16); the offset 8 is taken out once per
-                # pair, x0 (lo - 8) + x1 (hi - 8) = x0 lo + x1 hi - 8 (x0 + x1)
-                x0, x1 = x[k], x[k + 1]
-                x0m = x0 * sixteen - x1                           # x0 lo + x1 hi, lo =
-                off = (x0 + x1) * eight                           # b - 16 hi: x0 b + (x1
-                for j in range(w):                                # - 16 x0) hi
-                    fb = br[j] * one
-                    hi = np.floor(fb * sixteenth)
-                    part[j] += x0 * fb - x0m * hi - off
+            r = k >> 1
+            if k % 2 == 0 and k + 3 < k1:                        # two bytes: rows k..k+3
+                b0, b1 = p[r, j0:j1], p[r + 1, j0:j1]
+                x0, x2 = x[k], x[k + 2]
+                c0, c1 = x0 * sixteen - x[k + 1], x2 * sixteen - x[k + 3]
+                off += (x0 + x[k + 1] + x2 + x[k + 3]) * eight
+                for j in range(w):
+                    f0, f1 = b0[j] * one, b1[j] * one
+                    h0 = ((f0 - half15) * sixteenth + magic) - magic      # floor(f0 / 16)
+                    h1 = ((f1 - half15) * sixteenth + magic) - magic
+                    part[j] += (x0 * f0 - c0 * h0) + (x2 * f1 - c1 * h1)
+                k += 4
+            elif k % 2 == 0 and k + 1 < k1:                      # one byte: rows k, k+1
+                br, x0 = p[r, j0:j1], x[k]
+                c0 = x0 * sixteen - x[k + 1]
+                off += (x0 + x[k + 1]) * eight
+                for j in range(w):
+                    f0 = br[j] * one
+                    part[j] += x0 * f0 - c0 * (((f0 - half15) * sixteenth + magic) - magic)
                 k += 2
             else:                                                # one row: a group edge
-                xk, sh = x[k], (k % 2) * 4
+                br, xk, sh = p[r, j0:j1], x[k], (k % 2) * 4
                 for j in range(w):
                     part[j] += xk * np.int8(((br[j] >> sh) & 15) - 8)
                 k += 1
         sr = s[g, j0:j1]
         for j in range(w):
-            acc[j] += part[j] * sr[j]
+            acc[j] += (part[j] - off) * sr[j]
     for j in range(w):
         y[j0 + j] = acc[j]
 
 
 @njit(inline="always")
-def _mv_block(x, qw, s, gs, bits, y, j0, j1, part, acc):
+def _mv_block(x, qw, s, gs, bits, y, j0, j1, part, acc, cst):
     if bits == 8:
         _mv8_block(x, qw, s, gs, y, j0, j1, part, acc)
     else:
-        _mv4_block(x, qw, s, gs, y, j0, j1, part, acc)
+        _mv4_block(x, qw, s, gs, y, j0, j1, part, acc, cst)
 
 
 @njit
-def _mv_serial(x, qw, s, gs, bits, y):
-    part, acc = np.empty(_JB, x.dtype), np.empty(_JB, x.dtype)
+def _mv_serial(x, qw, s, gs, bits, y, jb, cst):
+    part, acc = np.empty(jb, x.dtype), np.empty(jb, x.dtype)
     n_out = y.shape[0]
-    for j0 in range(0, n_out, _JB):
-        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + _JB), part, acc)
+    for j0 in range(0, n_out, jb):
+        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + jb), part, acc, cst)
 
 
 @njit(parallel=True)
-def _mv_par(x, qw, s, gs, bits, y):
+def _mv_par(x, qw, s, gs, bits, y, jb, cst):
     n_out = y.shape[0]
-    for c in prange((n_out + _JB - 1) // _JB):
-        part, acc = np.empty(_JB, x.dtype), np.empty(_JB, x.dtype)
-        j0 = c * _JB
-        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + _JB), part, acc)
+    for c in prange((n_out + jb - 1) // jb):
+        part, acc = np.empty(jb, x.dtype), np.empty(jb, x.dtype)
+        j0 = c * jb
+        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + jb), part, acc, cst)
 
 
 @njit(inline="always")
@@ -377,6 +395,11 @@ def _mm_par(x, qw, s, gs, bits, y, nrow_chunks):
         _mm_block(x[r0:r1], qw, s, gs, bits, y[r0:r1], j0, min(n_out, j0 + _JB), tile, acc)
 
 
+# 1, 16, 8, 1/16, 7.5, M = 1.5 * 2^(mantissa bits) (rounds to an integer by adding), 0
+_CONSTS = {np.dtype(dt): np.array([1, 16, 8, 1 / 16, 7.5, 1.5 * 2.0 ** m, 0], dt)
+           for dt, m in ((np.float32, 23), (np.float64, 52))}
+
+
 def _group_scales(scales, n_in, n_out, granularity, group):
     """(G, out) scales and the rows per group ``gs`` the loops use."""
     if granularity == "group":
@@ -399,7 +422,11 @@ def forward_numba(x, qweight, scales, bits, granularity, group, in_features):
         return y.reshape(lead + (n_out,)), None
     par = N * n_in * n_out >= _PARALLEL
     if N == 1:
-        (_mv_par if par else _mv_serial)(x2[0], qw, s, gs, bits, y[0])
+        if par:        # enough column blocks for every thread, each as wide as that allows
+            jb = min(_MV_JB, max(_JB, -(-n_out // (2 * num_threads()) // 16) * 16))
+            _mv_par(x2[0], qw, s, gs, bits, y[0], jb, _CONSTS[x.dtype])
+        else:
+            _mv_serial(x2[0], qw, s, gs, bits, y[0], min(_MV_JB, n_out), _CONSTS[x.dtype])
     elif par:
         nb = -(-n_out // _JB)
         rc = max(1, min(N, -(-4 * num_threads() // nb)))
