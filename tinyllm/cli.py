@@ -496,6 +496,39 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    """Quantise a GPT checkpoint's weights into a new checkpoint; print the sizes."""
+    import os
+
+    from .compress import METHODS, save_compressed, stored_nbytes
+    from .train.checkpoint import CheckpointError
+    if args.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
+    _writable_dir(args.out, "--out")
+    if (os.path.isdir(args.out) and os.listdir(args.out)
+            and not os.path.exists(os.path.join(args.out, "meta.json"))):
+        raise UsageError(f"--out {args.out!r} is a non-empty folder that holds no checkpoint")
+    model, extra, meta, folder = _load_model_arg(args.checkpoint)
+    if meta["model"]["type"] != "gpt":
+        raise UsageError("--checkpoint: compress quantises GPT checkpoints; this is an RNN")
+    if "compressed" in meta:
+        raise UsageError(f"--checkpoint: {folder} is already compressed "
+                         f"({meta['compressed'].get('method')}); give the float checkpoint")
+    if os.path.abspath(args.out) == os.path.abspath(folder):
+        raise UsageError("--out must differ from the checkpoint folder")
+    try:
+        save_compressed(model, extra, args.out, args.method, args.keep_embeddings, meta)
+    except CheckpointError as e:
+        raise RunError(f"--out: {e}") from None
+    from .train.runs import load_model
+    qmodel = load_model(args.out)[0]
+    before, after = stored_nbytes(model), stored_nbytes(qmodel)
+    emb = "kept in float" if args.keep_embeddings else "quantised"
+    print(f"{folder} -> {args.out}: {args.method}, tied embedding {emb}")
+    print(f"size {before:,} B -> {after:,} B ({after / before:.3f}x)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import BenchUsageError, run
     try:
@@ -624,6 +657,19 @@ def _parser():
                     "decoded (greedy, batch 1, KV cache) to time the decode speed; 0 = skip "
                     "(GPT; default 64)")
     ev.set_defaults(run=cmd_eval)
+    co = sub.add_parser("compress", help="quantise a GPT checkpoint's weights (int8/int4) "
+                        "into a new checkpoint that generate and eval run")
+    co.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder "
+                    "(float)")
+    co.add_argument("--method", required=True, metavar="M", help="int8 (per output channel), "
+                    "int8-tensor, int8-g32, int4 (per channel), int4-tensor or int4-g32 "
+                    "(groups of 32 input rows)")
+    co.add_argument("--keep-embeddings", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the tied token embedding / output head in float (default; "
+                    "--no-keep-embeddings quantises it too)")
+    co.add_argument("--out", required=True, metavar="DIR", help="the checkpoint folder to "
+                    "write")
+    co.set_defaults(run=cmd_compress)
     ops_list = ", ".join(_all_op_names())
     op_help = f"only this op (repeatable; default: every op), one of: {ops_list}"
     fi = sub.add_parser("finetune", help="the document's section 5: fine-tune a pretrained "

@@ -47,7 +47,8 @@ from .. import kernels
 from ..autograd import Tensor, no_grad
 from ..autograd import functional as F
 from ..errors import ShapeError
-from ..nn import Block, Dropout, Embedding, LayerNorm, Module, ModuleList
+from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
+from ..nn.quant import QuantEmbedding, QuantLinear
 from ._config import ConfigDict
 
 
@@ -153,7 +154,7 @@ class GPT(Module):
 
     @property
     def dtype(self) -> np.dtype:
-        return self.transformer.wte.weight.dtype
+        return self.transformer.wpe.weight.dtype            # wpe stays float when quantised
 
     @property
     def block_size(self) -> int:
@@ -205,7 +206,10 @@ class GPT(Module):
         """Tied output projection: x (..., C) @ wte^T (C, V) -> (..., V), as one GEMM."""
         C, V = self.config.n_embd, self.config.vocab_size
         lead = tuple(x.shape[:-1])
-        logits = x.reshape((-1, C)) @ self.transformer.wte.weight.T  # (N, C) @ (C, V)
+        wte = self.transformer.wte
+        if isinstance(wte, QuantEmbedding):                          # quantised tied head
+            return wte.head(x.reshape((-1, C))).reshape(lead + (V,))
+        logits = x.reshape((-1, C)) @ wte.weight.T                   # (N, C) @ (C, V)
         return logits.reshape(lead + (V,))
 
     # ------------------------------------------------------------ KV-cache inference
@@ -286,7 +290,9 @@ class GPT(Module):
         def ln(x, layer):                                            # (B, C) -> (B, C)
             return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
 
-        x = t.wte.weight.data[new] + t.wpe.weight.data[pos]          # (B, C), a new array
+        quant_wte = isinstance(t.wte, QuantEmbedding)
+        tok = t.wte.lookup(new) if quant_wte else t.wte.weight.data[new]
+        x = tok + t.wpe.weight.data[pos]                             # (B, C), a new array
         for i, blk in enumerate(t.h):
             a, f = blk.attn, blk.mlp
             qkv = _linear(ln(x, blk.ln_1), a.c_attn)                 # (B, 3C)
@@ -295,9 +301,15 @@ class GPT(Module):
             cache.v[i][:, :, pos] = qkv[:, 2 * C:].reshape(B, H, C // H)
             y, _ = attend(q, cache.k[i], cache.v[i], pos + 1)        # (B, H, 1, hs)
             x += _linear(y.reshape(B, C), a.c_proj)                  # residual, in place
-            m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
-                       f.c_proj.weight.data, _data(f.c_proj.bias))   # (B, C)
+            if isinstance(f.c_fc, Linear) and isinstance(f.c_proj, Linear):
+                m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
+                           f.c_proj.weight.data, _data(f.c_proj.bias))   # (B, C)
+            else:                                                    # quantised: unfused
+                h = F.gelu(Tensor(_linear(ln(x, blk.ln_2), f.c_fc)), approximate="tanh")
+                m = _linear(h.data, f.c_proj)                        # (B, Hd) -> (B, C)
             x += m
+        if quant_wte:
+            return t.wte.head(ln(x, t.ln_f))                         # (B, V)
         return ln(x, t.ln_f) @ t.wte.weight.data.T                   # (B, V)
 
     # ------------------------------------------------------------ decoding protocol
@@ -323,6 +335,8 @@ def _data(p):
 
 
 def _linear(x: np.ndarray, lin) -> np.ndarray:
+    if isinstance(lin, QuantLinear):
+        return lin.forward_array(x)                                  # the qmatmul kernel
     y = x @ lin.weight.data
     if lin.bias is not None:
         y += lin.bias.data

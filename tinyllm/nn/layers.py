@@ -235,6 +235,9 @@ class MLP(Module):
         self.dropout = Dropout(dropout, rng if dropout_rng is None else dropout_rng)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (isinstance(self.c_fc, Linear) and isinstance(self.c_proj, Linear)):
+            # a quantised layer (tl.nn.QuantLinear) in either place: the unfused equations
+            return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
         y = F.mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight,
                   self.c_proj.bias)                                  # (..., C)
         return self.dropout(y)
@@ -281,7 +284,11 @@ class CausalSelfAttention(Module):
                              f"{tuple(x.shape)}")
         B, T, C = x.shape
         H, hs = self.n_head, C // self.n_head
-        if kv is None:
+        if kv is None and getattr(self.c_attn, "weight", None) is None:
+            # a quantised c_attn (tl.nn.QuantLinear) has no weight to slice: one product
+            qkv = self.c_attn(x).reshape((B, T, 3, H, hs)).transpose((2, 0, 3, 1, 4))
+            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], causal=True)
+        elif kv is None:
             x2 = x.reshape((B * T, C))                         # (B T, C)
             q, k, v = (self._project(x2, i, B, T) for i in range(3))  # (B, H, T, hs) each
             y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, H, T, hs)

@@ -456,7 +456,11 @@ def load_model(path: str):
     else:
         model = build_model(p)
         extra = p.data.make_task()
-    model.load_state_dict(arrays)
+    if "compressed" in meta:                       # written by tinyllm compress
+        from ..compress import load_quantised
+        model = load_quantised(model, arrays, meta["compressed"], path)
+    else:
+        model.load_state_dict(arrays)
     model.eval()
     return model, extra, meta
 
