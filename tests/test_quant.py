@@ -357,3 +357,31 @@ def test_compress_a_trained_run_then_eval(tmp_path, capsys):
                      "--out", str(d / "q")]) == 0
     assert cli.main(["eval", "--checkpoint", str(d / "q")]) == 0
     assert "loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_16_bit_storage_checkpoints(tmp_path, fmt):
+    """bf16 / fp16 storage: 2 bytes a weight on disk, loaded back as exactly the rounded
+    values, through tinyllm compress and tl.load."""
+    import tinyllm as tl
+    from tinyllm import precision
+    from tinyllm.train.evaluate import stored_bytes
+    from _tiny_runs import train_tiny_gpt
+    d, out = train_tiny_gpt(tmp_path)
+    model, tok = tl.load(str(out))
+    assert cli.main(["compress", "--checkpoint", str(out), "--method", fmt, "--out",
+                     str(tmp_path / fmt)]) == 0
+    q, _ = tl.load(str(tmp_path / fmt))
+    for (n, p), (_, r) in zip(model.named_parameters(), q.named_parameters()):
+        assert np.array_equal(r.data, precision.round_to(p.data, fmt)), n
+    n = sum(p.data.size for p in model.parameters())
+    size = stored_bytes(str(tmp_path / fmt))
+    assert 2 * n <= size < 2 * n + 20_000                     # 16 bits + the header
+    meta = json.loads((tmp_path / fmt / "meta.json").read_text())
+    assert meta["compressed"] == {"method": fmt, "format": fmt, "nbytes": 2 * n,
+                                  "float_nbytes": 4 * n}
+    # arrays that are not 16-bit patterns under a 16-bit meta are refused, naming one
+    from tinyllm.compress.lowp import load_lowp
+    from tinyllm.train.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="uint16 bit patterns"):
+        load_lowp(q, {k: v for k, v in model.state_dict().items()}, meta["compressed"])

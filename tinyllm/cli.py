@@ -521,10 +521,14 @@ def cmd_compress(args) -> int:
     except CheckpointError as e:
         raise RunError(f"--out: {e}") from None
     from .train.runs import load_model
-    qmodel = load_model(args.out)[0]
-    before, after = stored_nbytes(model), stored_nbytes(qmodel)
-    emb = "kept in float" if args.keep_embeddings else "quantised"
-    print(f"{folder} -> {args.out}: {args.method}, tied embedding {emb}")
+    qmodel, _, qmeta = load_model(args.out)
+    before = stored_nbytes(model)
+    after = qmeta["compressed"].get("nbytes", stored_nbytes(qmodel))
+    if args.method in ("bf16", "fp16"):
+        emb = f"every weight stored as {args.method}"
+    else:
+        emb = "tied embedding " + ("kept in float" if args.keep_embeddings else "quantised")
+    print(f"{folder} -> {args.out}: {args.method}, {emb}")
     print(f"size {before:,} B -> {after:,} B ({after / before:.3f}x)")
     return 0
 
@@ -662,8 +666,9 @@ def _parser():
     co.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder "
                     "(float)")
     co.add_argument("--method", required=True, metavar="M", help="int8 (per output channel), "
-                    "int8-tensor, int8-g32, int4 (per channel), int4-tensor or int4-g32 "
-                    "(groups of 32 input rows)")
+                    "int8-tensor, int8-g32, int4 (per channel), int4-tensor, int4-g32 "
+                    "(groups of 32 input rows), or bf16 / fp16 (every weight stored in 16 "
+                    "bits, round to nearest even)")
     co.add_argument("--keep-embeddings", action=argparse.BooleanOptionalAction, default=True,
                     help="keep the tied token embedding / output head in float (default; "
                     "--no-keep-embeddings quantises it too)")

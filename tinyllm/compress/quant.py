@@ -22,6 +22,18 @@ def _quant_method(name):
 METHODS = {name: _quant_method(name) for name in SCHEMES}
 
 
+def _lowp_method(fmt):
+    def apply(model, keep_embeddings=True):
+        from .lowp import lowp_copy
+        return lowp_copy(model, fmt)
+    apply.__name__ = f"store_{fmt}"
+    apply.__doc__ = f"A copy with every weight rounded to {fmt} (stored as 16 bits)."
+    return apply
+
+
+METHODS.update({fmt: _lowp_method(fmt) for fmt in ("bf16", "fp16")})
+
+
 def _method(method):
     if method not in METHODS:
         raise ValueError(f"compress: method must be one of {', '.join(METHODS)}, got "
@@ -67,15 +79,25 @@ def save_compressed(model, tokenizer, path: str, method: str, keep_embeddings: b
     settings; by default they are made as ``tl.save`` makes them. Returns the folder."""
     from ..train.persist import _gpt_meta
     qmodel = compress(model, method, keep_embeddings)
+    lowp = method in ("bf16", "fp16")
     meta = _gpt_meta(model, tokenizer)
     if base_meta is not None:
         keep = {k: v for k, v in base_meta.items() if k not in ("format", "version", "sha256",
                                                                 "compressed")}
         meta = dict(keep, model=meta["model"], tokenizer=meta["tokenizer"])
-    meta["compressed"] = {"method": method, "scheme": list(SCHEMES[method]),
-                          "keep_embeddings": bool(keep_embeddings),
-                          "quantised": [n for n, _ in _quant_modules(qmodel)],
-                          "nbytes": stored_nbytes(qmodel), "float_nbytes": model_nbytes(model)}
+    if lowp:
+        from .lowp import lowp_arrays
+        arrays = lowp_arrays(model, method)
+        meta["compressed"] = {"method": method, "format": method,
+                              "nbytes": int(sum(a.nbytes for a in arrays.values())),
+                              "float_nbytes": model_nbytes(model)}
+    else:
+        arrays = quantised_arrays(qmodel)
+        meta["compressed"] = {"method": method, "scheme": list(SCHEMES[method]),
+                              "keep_embeddings": bool(keep_embeddings),
+                              "quantised": [n for n, _ in _quant_modules(qmodel)],
+                              "nbytes": stored_nbytes(qmodel),
+                              "float_nbytes": model_nbytes(model)}
     meta.setdefault("saved_by", "tinyllm compress")
     folder = os.path.normpath(os.path.abspath(os.fspath(path)))
     if os.path.isfile(folder):
@@ -85,7 +107,7 @@ def save_compressed(model, tokenizer, path: str, method: str, keep_embeddings: b
         raise CheckpointError(f"save_compressed: {path!r} is a non-empty folder that holds no "
                               f"checkpoint; refusing to replace it")
     parent, name = os.path.split(folder)
-    save_checkpoint(parent, name, quantised_arrays(qmodel), {}, meta)
+    save_checkpoint(parent, name, arrays, {}, meta)
     return os.fspath(path)
 
 

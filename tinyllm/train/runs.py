@@ -458,7 +458,12 @@ def load_model(path: str):
         extra = p.data.make_task()
     if "compressed" in meta:                       # written by tinyllm compress
         from ..compress import load_quantised
-        model = load_quantised(model, arrays, meta["compressed"], path)
+        from ..compress.lowp import load_lowp
+        info = meta["compressed"]
+        if isinstance(info, dict) and info.get("method") in ("bf16", "fp16"):
+            model = load_lowp(model, arrays, info, path)
+        else:
+            model = load_quantised(model, arrays, info, path)
     else:
         model.load_state_dict(arrays)
     model.eval()
