@@ -90,39 +90,45 @@ def storage_rows(args, t: str) -> list:
 
 
 def everywhere_rows(args, t: str) -> list:
-    """bf16/fp16 rounding of every op output, in this process (tl.precision)."""
+    """bf16/fp16 rounding of every op output (and of the weights, with the row's own
+    rounding), in this process: ``precision_eval.precision_rows``, on ``--precision-windows``
+    windows (the differences are small: 200 windows make truncation's cost 3 standard errors
+    where 40 leave it at ~1), with the KL divergence from fp32 per predicted position."""
+    import numpy as np
+
     import tinyllm as tl
     from tinyllm.data import load_corpus, train_val_split
-    from tinyllm.train.evaluate import window_losses
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from precision_eval import MODES, precision_rows
     model, tok = tl.load(t)
-    ids = train_val_split(__import__("numpy").asarray(tok.encode(load_corpus())), 0.9)[1]
-    ref = window_losses(model, ids, args.windows)
+    ids = train_val_split(np.asarray(tok.encode(load_corpus())), 0.9)[1]
+    # the fp32 row first: precision_rows measures every row against its first
+    modes = [MODES[0]] + [m for m in MODES if m[1] == "everywhere"]
     rows = []
-    for fmt, rounding in (("bf16", "rne"), ("bf16", "truncate"), ("bf16", "stochastic"),
-                          ("fp16", "rne")):
-        with tl.precision.everywhere(fmt, rounding=rounding):
-            w = window_losses(model, ids, args.windows)
-        d = w - ref
-        rows.append({"name": f"{fmt} everywhere ({rounding})", "loss": float(w.mean()),
-                     "delta": float(d.mean()),
-                     "delta_se": float(d.std(ddof=1) / len(d) ** 0.5), "bytes": None,
-                     "size": None, "decode": None, "greedy": None})
-        print(f"{rows[-1]['name']:<32} Δ {rows[-1]['delta']:+.5f}", flush=True)
+    for r in precision_rows(model, tok, ids, windows=args.precision_windows, modes=modes)[1:]:
+        rows.append({"name": r["name"], "loss": r["loss"], "delta": r["delta"],
+                     "delta_se": r["delta_se"], "kl": r["kl"], "vs_rne": r.get("vs_rne"),
+                     "vs_rne_se": r.get("vs_rne_se"), "windows": args.precision_windows,
+                     "bytes": None, "size": None, "decode": None, "greedy": None})
+        print(f"{r['name']:<32} Δ {r['delta']:+.5f} ± {r['delta_se']:.5f}  KL {r['kl']:.2e}",
+              flush=True)
     return rows
 
 
 def markdown(rows, t, windows) -> str:
     lines = [f"Teacher: `{t}`; {windows} fixed windows of the validation split; Δ = loss "
              f"difference against the teacher on the same windows (nats/char).", "",
-             "| scheme | loss | Δ | size | bytes | decode tok/s (batch 1) | greedy agreement % |",
-             "|---|---|---|---|---|---|---|"]
+             "| scheme | loss | Δ | size | bytes | decode tok/s (batch 1) | greedy agreement % "
+             "| KL per position |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         size = f"{r['size']:.3f}x" if r.get("size") is not None else "-"
         by = f"{r['bytes']:,.0f}" if r.get("bytes") is not None else "-"
         dec = f"{r['decode']:.1f}" if r.get("decode") else "-"
         gr = f"{r['greedy']:.1f}" if r.get("greedy") is not None else "-"
-        lines.append(f"| {r['name']} | {r['loss']:.4f} | {r['delta']:+.5f} | {size} | {by} | "
-                     f"{dec} | {gr} |")
+        kl = f"{r['kl']:.1e}" if r.get("kl") is not None else "-"
+        se = f" ± {r['delta_se']:.5f}" if r.get("delta_se") else ""
+        lines.append(f"| {r['name']} | {r['loss']:.4f} | {r['delta']:+.5f}{se} | {size} | {by} | "
+                     f"{dec} | {gr} | {kl} |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,13 +160,21 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", help="a trained GPT run folder (default: train one)")
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--precision-windows", type=int, default=200)
+    ap.add_argument("--only-precision", action="store_true",
+                    help="only the everywhere rows (reads DIR/compression.json's others)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
-        a.windows, a.decode_tokens = 4, 8
+        a.windows, a.decode_tokens, a.precision_windows = 4, 8, 4
     os.makedirs(a.out, exist_ok=True)
     t = teacher(a)
-    rows = storage_rows(a, t) + everywhere_rows(a, t)
+    if a.only_precision:
+        with open(os.path.join(a.out, "compression.json")) as f:
+            old = json.load(f)["rows"]
+        rows = [r for r in old if "everywhere" not in r["name"]] + everywhere_rows(a, t)
+    else:
+        rows = storage_rows(a, t) + everywhere_rows(a, t)
     with open(os.path.join(a.out, "compression.json"), "w") as f:
         json.dump({"teacher": t, "windows": a.windows, "rows": rows}, f, indent=1)
     md = markdown(rows, t, a.windows)
