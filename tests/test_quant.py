@@ -107,9 +107,16 @@ KERNEL_SIZES = [(1, 33, 17, 32), (3, 33, 17, 32), (1, 1, 5, 32), (2, 45, 31, 16)
                 (1, 1030, 1021, 32), (4, 515, 517, 32), (1, 13, 9, 5)]
 
 
-def test_the_sizes_reach_both_parallel_paths():
-    big = [(N, i, o) for N, i, o, _ in KERNEL_SIZES if N * i * o >= Q._PARALLEL]
-    assert {N == 1 for N, _, _ in big} == {True, False}
+@pytest.mark.parametrize("bits,gran", [(8, "channel"), (4, "group"), (4, "tensor")])
+@pytest.mark.parametrize("N,n_in,n_out,group", [(1, 301, 1030, 32), (5, 45, 300, 16)])
+def test_parallel_paths_against_the_oracle(monkeypatch, bits, gran, N, n_in, n_out, group):
+    monkeypatch.setattr(Q, "_PARALLEL", 1)             # every call takes the prange loops
+    w = _w(n_in, n_out, 5)
+    q, s = Q.quantize(w, bits, gran, group)
+    x = np.random.default_rng(6).standard_normal((N, n_in)).astype(np.float32)
+    y, _ = Q.forward_numba(x, Q.pack(q, bits), s, bits, gran, group, n_in)
+    ref = _oracle(x, q, s, gran, group)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("impl", ["numpy", "numba"])

@@ -219,7 +219,10 @@ _JB = 128                 # output columns per task
 _KB = 64                  # weight rows per dequantised tile (several-row case)
 _MV_JB = 1024             # at most this many output columns per task (one-row product):
                           # long inner loops; the partial and accumulator (8 KB) in L1
-_PARALLEL = 1 << 20       # in * out * rows from which the column blocks run in parallel
+# in * out * rows from which the column blocks run in parallel: on the 2-core shared host
+# this was written on, a parallel launch lost to the serial loop at every GPT-2-small block
+# matrix (768 x 3072 int8: 0.23 ms against 0.12 ms) and broke even on the 768 x 50257 head
+_PARALLEL = 1 << 23
 
 
 @njit(inline="always")

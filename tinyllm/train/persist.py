@@ -130,7 +130,8 @@ def save(model, path: str, tokenizer=None) -> str:
     """Write ``model`` (a GPT with its ``tokenizer``, or an AttentionRNN with its task as
     ``tokenizer``) to the checkpoint folder ``path``, atomically; returns the folder. It
     replaces a checkpoint already at ``path`` and refuses any other non-empty folder."""
-    if any(hasattr(m, "qweight") for _, m in model.named_modules()):
+    if hasattr(model, "named_modules") and any(hasattr(m, "qweight")
+                                               for _, m in model.named_modules()):
         raise TypeError("tl.save: the model is quantised; write it with "
                         "tinyllm.compress.save_compressed(float_model, tokenizer, path, method)")
     if isinstance(model, GPT):
