@@ -656,7 +656,8 @@ def _parser():
     ev.add_argument("--seed", type=int, default=0, help="seed of the window positions")
     ev.add_argument("--reference", metavar="DIR", help="another GPT checkpoint with the same "
                     "tokenizer (e.g. the fp32 model a compressed one came from): the loss "
-                    "difference paired on the same windows, greedy agreement, size ratio")
+                    "difference paired on the same windows, greedy agreement, size ratio (default: "
+                    "none)")
     ev.add_argument("--decode-tokens", type=int, default=64, metavar="N", help="tokens "
                     "decoded (greedy, batch 1, KV cache) to time the decode speed; 0 = skip "
                     "(GPT; default 64)")
