@@ -351,7 +351,7 @@ def test_cli_compress_bad_input_is_one_line_exit_2(saved, capsys, argv, what):
 
 def test_methods_registry():
     assert set(METHODS) == {"int8", "int8-tensor", "int8-g32", "int4", "int4-tensor",
-                            "int4-g32"}
+                            "int4-g32", "bf16", "fp16"}
     with pytest.raises(ValueError, match="method"):
         compress(GPT(CFG), "int2")
 
