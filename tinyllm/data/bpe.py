@@ -50,8 +50,24 @@ def _to_bytes(piece: str) -> bytes:
     return piece.encode("utf-8", "surrogatepass")
 
 
-def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each non-overlapping occurrence of ``pair`` in ``ids`` (left to right)."""
+def encode_pieces(pieces, cache: dict, encode_piece) -> list[int]:
+    """The ids of each pre-tokenised piece in turn, ``encode_piece(piece)`` memoised in
+    ``cache`` (cleared when it reaches ``_CACHE_LIMIT`` pieces)."""
+    out: list[int] = []
+    for piece in pieces:
+        ids = cache.get(piece)
+        if ids is None:
+            ids = encode_piece(piece)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[piece] = ids
+        out.extend(ids)
+    return out
+
+
+def _merge(ids: list, pair: tuple, new_id) -> list:
+    """Replace each non-overlapping occurrence of ``pair`` in ``ids`` (left to right) by
+    ``new_id`` (ids, or the symbol strings GPT-2's merges work on)."""
     out = []
     i = 0
     n = len(ids)
@@ -119,17 +135,7 @@ class BPETokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"BPETokenizer.encode: expected a str, got {type(text).__name__}")
-        cache = self._cache
-        out: list[int] = []
-        for piece in self._regex.findall(text):
-            ids = cache.get(piece)
-            if ids is None:
-                ids = self._encode_piece(piece)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[piece] = ids
-            out.extend(ids)
-        return out
+        return encode_pieces(self._regex.findall(text), self._cache, self._encode_piece)
 
     def _encode_piece(self, piece: str) -> list[int]:
         ids = list(_to_bytes(piece))

@@ -47,11 +47,11 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from ._base import Tokenizer
+from .bpe import _merge, encode_pieces
 
 __all__ = ["GPT2Tokenizer", "bytes_to_unicode", "pretokenize", "WHITESPACE", "ENDOFTEXT"]
 
 ENDOFTEXT = "<|endoftext|>"
-_CACHE_LIMIT = 1 << 16          # pieces cached by encode before the cache is cleared
 
 # the Unicode White_Space property (PropList.txt): \s of the `regex` module and of tiktoken.
 # Python's str.isspace() differs: it also counts U+001C..U+001F (which are "other" here).
@@ -244,16 +244,7 @@ class GPT2Tokenizer(Tokenizer):
         return out + self._encode_ordinary(text[start:])
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        cache, out = self._cache, []
-        for piece in pretokenize(text):
-            ids = cache.get(piece)
-            if ids is None:
-                ids = self._encode_piece(piece)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[piece] = ids
-            out.extend(ids)
-        return out
+        return encode_pieces(pretokenize(text), self._cache, self._encode_piece)
 
     def _encode_piece(self, piece: str) -> list[int]:
         enc = self.byte_encoder
@@ -264,16 +255,7 @@ class GPT2Tokenizer(Tokenizer):
             pair = min(zip(syms, syms[1:]), key=lambda p: ranks.get(p, missing))
             if pair not in ranks:
                 break
-            a, b = pair
-            merged, i, n = [], 0, len(syms)
-            while i < n:
-                if i < n - 1 and syms[i] == a and syms[i + 1] == b:
-                    merged.append(a + b)
-                    i += 2
-                else:
-                    merged.append(syms[i])
-                    i += 1
-            syms = merged
+            syms = _merge(syms, pair, pair[0] + pair[1])
         vocab = self.vocab
         return [vocab[s] for s in syms]     # every single byte and every merge is in vocab
 
