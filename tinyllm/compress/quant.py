@@ -2,13 +2,11 @@
 metadata of a quantised checkpoint (see the package docstring for the format)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..models import GPT
 from ..nn.quant import SCHEMES, QuantEmbedding, QuantLinear, model_nbytes, quantize_model
-from ..train.checkpoint import CheckpointError, save_checkpoint
+from ..train.checkpoint import CheckpointError
 
 
 def _quant_method(name):
@@ -77,7 +75,7 @@ def save_compressed(model, tokenizer, path: str, method: str, keep_embeddings: b
     (atomically; an earlier checkpoint there is replaced, any other non-empty folder
     refused). ``base_meta`` (the source checkpoint's meta.json) keeps its text, step and
     settings; by default they are made as ``tl.save`` makes them. Returns the folder."""
-    from ..train.persist import _gpt_meta
+    from ..train.persist import _gpt_meta, write_model_folder
     qmodel = compress(model, method, keep_embeddings)
     lowp = method in ("bf16", "fp16")
     meta = _gpt_meta(model, tokenizer)
@@ -99,16 +97,7 @@ def save_compressed(model, tokenizer, path: str, method: str, keep_embeddings: b
                               "nbytes": stored_nbytes(qmodel),
                               "float_nbytes": model_nbytes(model)}
     meta.setdefault("saved_by", "tinyllm compress")
-    folder = os.path.normpath(os.path.abspath(os.fspath(path)))
-    if os.path.isfile(folder):
-        raise CheckpointError(f"save_compressed: {path!r} is a file; give a folder to write")
-    if (os.path.isdir(folder) and os.listdir(folder)
-            and not os.path.exists(os.path.join(folder, "meta.json"))):
-        raise CheckpointError(f"save_compressed: {path!r} is a non-empty folder that holds no "
-                              f"checkpoint; refusing to replace it")
-    parent, name = os.path.split(folder)
-    save_checkpoint(parent, name, arrays, {}, meta)
-    return os.fspath(path)
+    return write_model_folder(path, arrays, meta, "save_compressed")
 
 
 def _array(arrays, name, kinds, where):

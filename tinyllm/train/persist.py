@@ -142,16 +142,23 @@ def save(model, path: str, tokenizer=None) -> str:
         raise TypeError(f"tl.save: saves a tl.models.GPT or AttentionRNN, got "
                         f"{type(model).__name__}; for another Module store "
                         f"model.state_dict() (e.g. with safetensors.numpy.save_file)")
-    folder = os.path.normpath(os.path.abspath(os.fspath(path)))
-    if os.path.isfile(folder):
-        raise CheckpointError(f"tl.save: {path!r} is a file; give a folder to write")
-    if (os.path.isdir(folder) and os.listdir(folder)
-            and not os.path.exists(os.path.join(folder, "meta.json"))):
-        raise CheckpointError(f"tl.save: {path!r} is a non-empty folder that holds no "
-                              f"checkpoint; refusing to replace it (a run folder? save to "
-                              f"a new folder)")
     meta["saved_by"] = "tl.save"
     arrays = {name: np.asarray(a) for name, a in model.state_dict().items()}
+    return write_model_folder(path, arrays, meta, "tl.save")
+
+
+def write_model_folder(path, arrays: dict, meta: dict, op: str) -> str:
+    """Write the checkpoint folder ``path`` itself (atomically), replacing an earlier
+    checkpoint there but refusing a file or any other non-empty folder; ``op`` names the
+    caller in the error. Returns the folder as given (a str)."""
+    folder = os.path.normpath(os.path.abspath(os.fspath(path)))
+    if os.path.isfile(folder):
+        raise CheckpointError(f"{op}: {path!r} is a file; give a folder to write")
+    if (os.path.isdir(folder) and os.listdir(folder)
+            and not os.path.exists(os.path.join(folder, "meta.json"))):
+        raise CheckpointError(f"{op}: {path!r} is a non-empty folder that holds no "
+                              f"checkpoint; refusing to replace it (a run folder? save to "
+                              f"a new folder)")
     parent, name = os.path.split(folder)
     save_checkpoint(parent, name, arrays, {}, meta)
-    return os.fspath(path)          # the folder as given (a str)
+    return os.fspath(path)
