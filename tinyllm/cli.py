@@ -469,18 +469,15 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--data: {where} is {len(ids)} token(s); at least 2 are needed")
     windows = args.windows if args.windows is not None else EVAL_WINDOWS
     ev = evaluate_gpt(model, tok, ids, windows=windows, seed=args.seed)
-    from .train.evaluate import compare_gpt, decode_speed, stored_bytes
-    from .train.evaluate import _prompt as prompt_of
+    from .train.evaluate import compare_gpt, decode_speed, fixed_prompt, stored_bytes
     ev.add("size as stored", stored_bytes(folder), "bytes", ",.0f")
     if args.decode_tokens:
-        tps = decode_speed(model, prompt_of(ids, 32, args.seed), args.decode_tokens)
+        tps = decode_speed(model, fixed_prompt(ids, 32, args.seed), args.decode_tokens)
         ev.add("decode speed", tps, f"tokens/s (batch 1, KV cache, greedy, "
                f"{args.decode_tokens} tokens)", ".1f")
     if args.reference:
         ref, ref_tok, ref_meta, ref_folder = _load_model_arg(args.reference, "--reference")
-        if ref_meta["model"]["type"] != "gpt" or \
-                getattr(ref_tok, "to_dict", lambda: None)() != getattr(tok, "to_dict",
-                                                                      lambda: None)():
+        if ref_meta["model"]["type"] != "gpt" or ref_tok.to_dict() != tok.to_dict():
             raise UsageError(f"--reference: {args.reference} is not a GPT with this "
                              f"checkpoint's tokenizer; the windows must be the same tokens")
         c = compare_gpt(model, ref, ids, windows, args.seed)
@@ -662,7 +659,8 @@ def _parser():
                     "decoded (greedy, batch 1, KV cache) to time the decode speed; 0 = skip "
                     "(GPT; default 64)")
     ev.set_defaults(run=cmd_eval)
-    co = sub.add_parser("compress", help="quantise a GPT checkpoint's weights (int8/int4) "
+    co = sub.add_parser("compress", help="quantise (int8/int4) or round (bf16/fp16) a GPT "
+                        "checkpoint's weights "
                         "into a new checkpoint that generate and eval run")
     co.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder "
                     "(float)")

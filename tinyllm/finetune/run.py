@@ -300,9 +300,9 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
                 bar.update(1)
                 bar.set_postfix(loss=f"{qa:.4f}", refresh=False)
             if cfg.eval_every and step % cfg.eval_every == 0 and step % steps_per_epoch:
-                stop = _evaluation(model, valid, fva, enc_valid, cfg, step, epoch, metrics,
-                                   best, log, mid=True)
-                bad = 0 if stop is None else bad + 1
+                better = _evaluation(model, valid, fva, enc_valid, cfg, step, epoch, metrics,
+                                     best, log, mid=True)
+                bad = 0 if better else bad + 1
                 if cfg.patience and bad >= cfg.patience:
                     stopped = "early_stopping"
                     break
@@ -311,10 +311,10 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
         train_s += time.perf_counter() - t_ep
         mean = tot / max(1, n_ep)
         log(f"Epoch {epoch}, Loss: {mean:.4f}")
-        sc = _evaluation(model, valid, fva, enc_valid, cfg, step, epoch, metrics, best, log)
+        better = _evaluation(model, valid, fva, enc_valid, cfg, step, epoch, metrics, best, log)
         epochs.append({"epoch": epoch, "loss": mean, "em": metrics[-1]["em"],
                        "f1": metrics[-1]["f1"], "step": step})
-        bad = 0 if sc is None else bad + 1
+        bad = 0 if better else bad + 1
         if stopped == "early_stopping" or (cfg.patience and bad >= cfg.patience):
             stopped = "early_stopping"
             break
@@ -346,7 +346,7 @@ def finetune(cfg: FinetuneConfig, pretrained: Bert, vocab, train, valid, out: st
 
 
 def _evaluation(model, valid, fva, enc_valid, cfg, step, epoch, metrics, best, log, mid=False):
-    """Score the validation set, log it, keep the best weights; None when it improved."""
+    """Score the validation set, log it, keep the best weights; True when EM improved."""
     sc = evaluate(model, valid, fva, cfg.max_answer_len, encode=enc_valid)
     metrics.append({"step": step, "epoch": epoch, "em": sc["em"], "f1": sc["f1"],
                     "per_type": {k: v["em"] for k, v in sc["per_type"].items()}})
@@ -357,8 +357,8 @@ def _evaluation(model, valid, fva, enc_valid, cfg, step, epoch, metrics, best, l
         best.update(em=sc["em"], step=step,
                     state=({k: v.copy() for k, v in model.state_dict().items()}
                            if cfg.patience else None))
-        return None
-    return sc
+        return True
+    return False
 
 
 def _bar(progress, total, desc):

@@ -50,7 +50,7 @@ EVAL_WINDOWS = 64       # windows scored when the caller does not say
 
 __all__ = ["EVAL_WINDOWS", "Metric", "Evaluation", "sample_windows", "units_per_token",
            "evaluate_gpt", "evaluate_rnn", "window_losses", "stored_bytes", "decode_speed",
-           "greedy_agreement", "compare_gpt"]
+           "greedy_agreement", "compare_gpt", "fixed_prompt"]
 
 
 @dataclass
@@ -195,7 +195,8 @@ def stored_bytes(folder: str) -> int:
     return total
 
 
-def _prompt(ids: np.ndarray, length: int, seed: int) -> np.ndarray:
+def fixed_prompt(ids: np.ndarray, length: int, seed: int) -> np.ndarray:
+    """``length`` ids from a seeded position of ``ids``: the prompt decode figures start from."""
     start = int(np.random.default_rng(seed + 7).integers(0, max(1, len(ids) - length)))
     return np.asarray(ids[start:start + length], np.int64)
 
@@ -248,7 +249,7 @@ def compare_gpt(model, reference, ids: np.ndarray, windows: int = EVAL_WINDOWS, 
     r = window_losses(reference, ids, windows, seed)
     d = a - r
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    p = _prompt(ids, prompt_len, seed)
+    p = fixed_prompt(ids, prompt_len, seed)
     share, prefix = greedy_agreement(model, reference, p, greedy_tokens)
     return {"loss": float(a.mean()), "reference_loss": float(r.mean()), "delta": float(d.mean()),
             "delta_se": se, "greedy_agreement": share, "greedy_prefix": prefix,
