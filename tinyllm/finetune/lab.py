@@ -152,14 +152,23 @@ def _check_vocab(vocab, examples):
                                 f"encoder's vocabulary")
 
 
-def run_one(fc, pc, train_path, valid_path, out, data, pretrained_dir=None, log=print,
-            progress=True) -> dict:
-    log = log or (lambda *a: None)
+def _prepare(pc, train_path, valid_path, out, data, pretrained_dir, log, progress):
+    """The data (checked first: a bad file fails before any pretraining), the pretrained
+    encoder and the MLM corpus batches, and when (perf_counter) the encoder was asked for."""
     train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
+    t0 = time.perf_counter()
     model, vocab, ps = encoder(pc, pretrained_dir, log, progress)
     _check_vocab(vocab, train + valid)
     from ..data import load_corpus
     corpus = CorpusMLM(vocab, load_corpus(), 32, pc.max_position)
+    return train, valid, model, vocab, ps, corpus, t0
+
+
+def run_one(fc, pc, train_path, valid_path, out, data, pretrained_dir=None, log=print,
+            progress=True) -> dict:
+    log = log or (lambda *a: None)
+    train, valid, model, vocab, ps, corpus, _ = _prepare(pc, train_path, valid_path, out,
+                                                         data, pretrained_dir, log, progress)
     r = finetune(fc, model, vocab, train, valid, out, corpus, log, progress)
     r["pretrain"] = ps
     with open(os.path.join(out, "result.json"), "w") as f:
@@ -173,13 +182,9 @@ def compare(kind: str, ft: dict, pc: PretrainConfig, train_path, valid_path, out
     settings ``ft``; writes compare.md, compare.json and compare.png into ``out``."""
     rows_spec = COMPARE if kind == "strategies" else REGULARISATION
     log = log or (lambda *a: None)
-    train, valid, _ = load_data(train_path, valid_path, out, data, pc.max_position, log)
-    t0 = time.perf_counter()
-    model, vocab, ps = encoder(pc, pretrained_dir, log, progress)
-    t_pre = time.perf_counter() - t0
-    _check_vocab(vocab, train + valid)
-    from ..data import load_corpus
-    corpus = CorpusMLM(vocab, load_corpus(), 32, pc.max_position)
+    train, valid, model, vocab, ps, corpus, t0 = _prepare(
+        pc, train_path, valid_path, out, data, pretrained_dir, log, progress)
+    t_pre = ps["seconds_this_run"]
     base = baseline_scores(train, valid, seed=0)
     rows = []
     for name, spec in rows_spec:
@@ -200,9 +205,9 @@ def compare(kind: str, ft: dict, pc: PretrainConfig, train_path, valid_path, out
            "finetune_seconds": round(total - t_pre, 1), "total_seconds": round(total, 1),
            "baselines": base, "rows": rows, "train_examples": len(train),
            "valid_examples": len(valid)}
-    from .report import write_compare
-    paths = write_compare(res, out)
-    log("\n" + open(paths[0]).read())
+    from .report import markdown, write_compare
+    write_compare(res, out)
+    log("\n" + markdown(res))
     return res
 
 
