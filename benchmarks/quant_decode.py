@@ -63,7 +63,8 @@ def bytes_per_token(model) -> int:
 
 def worker(variant, tokens, quick):
     import tinyllm as tl
-    tl.runtime.configure()                  # the CLI's settings (Numba's workqueue layer)
+    # the settings `tinyllm generate` runs with (Numba's "omp" layer: cheap launches)
+    tl.runtime.configure(numba_layer=tl.runtime.inference_layer())
     from tinyllm.models import GPT
     from tinyllm.nn import quantize_model
     method, keep = VARIANTS[variant]
@@ -81,7 +82,8 @@ def worker(variant, tokens, quick):
         return tokens / (time.perf_counter() - t0), int(logits.argmax())
     with tl.no_grad():
         run()                                                     # compile, warm the caches
-        print(json.dumps({"ready": True, "bytes": bytes_per_token(model)}), flush=True)
+        print(json.dumps({"ready": True, "bytes": bytes_per_token(model),
+                          "layer": tl.runtime.numba_layer_in_effect()}), flush=True)
         for line in sys.stdin:
             if line.strip() != "go":
                 break
@@ -127,7 +129,7 @@ def main():
     cfg = _config(a.quick)
     print(f"GPT {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}, vocab {cfg.vocab_size}: batch-1 "
           f"KV-cache greedy decode, 16-token prompt, {a.tokens} tokens, {a.rounds} "
-          f"alternating rounds, {threads} threads")
+          f"alternating rounds, {threads} threads, Numba layer {info[names[0]]['layer']}")
     print(f"copy bandwidth ceiling: {copy:.1f} GB/s (read + write)")
     base = statistics.median(rates["fp32"]) if "fp32" in rates else None
     print(f"{'variant':<15} {'tok/s':>8} {'x fp32':>7} {'MB/token':>9} {'ceiling tok/s':>14} "

@@ -105,6 +105,32 @@ print(json.dumps({"code": code, "layer": str(numba.config.THREADING_LAYER)}))
     assert out == {"code": 2, "layer": "workqueue"}
 
 
+def test_the_inference_commands_ask_for_cheap_launches():
+    # generate and eval run ~50 small parallel products per token: the layer whose launches
+    # cost microseconds (omp where it loads), and the kernels see that before launching
+    out = _run("""
+import json, sys, numba
+from tinyllm import cli, runtime
+before = runtime.cheap_launches()
+import tempfile
+code = cli.main(["generate", "--checkpoint", tempfile.mkdtemp(), "--prompt", "a"])  # exit 1
+after = runtime.cheap_launches()
+from numba import njit, prange
+import numpy as np
+@njit(parallel=True)
+def f(a):
+    for i in prange(a.shape[0]):
+        a[i] += 1
+f(np.zeros(4))
+print(json.dumps({"code": code, "layer": str(numba.config.THREADING_LAYER),
+                  "want": runtime.inference_layer(), "before": before, "after": after,
+                  "launched": numba.threading_layer(), "cheap": runtime.cheap_launches()}))
+""")
+    assert out["code"] != 0 and out["layer"] == out["want"] == out["launched"]
+    assert out["before"] is False                    # Numba's "default" is not assumed cheap
+    assert out["after"] is out["cheap"] is (out["want"] in ("omp", "tbb"))
+
+
 def test_pinned_threads_restores_the_counts():
     import numba
     from threadpoolctl import threadpool_info

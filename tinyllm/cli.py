@@ -813,7 +813,11 @@ def main(argv=None) -> int:
         if args.command == "eps-sweep" and len(args.op) != 1:
             raise UsageError("eps-sweep takes exactly one --op")
         _validate(args)
-        runtime.configure()          # Numba's threading layer, before the first kernel runs
+        # Numba's threading layer, before the first kernel runs: decoding's many small
+        # parallel products need the layer whose launches are cheap (tinyllm.runtime)
+        infer = args.command in ("generate", "eval")
+        runtime.configure(numba_layer=runtime.inference_layer() if infer
+                          else runtime.DEFAULT_NUMBA_LAYER)
         return args.run(args)
     except UsageError as e:
         print(f"tinyllm: error: {e}", file=sys.stderr)

@@ -21,6 +21,13 @@ What each setting does:
   before the first kernel; later it changes nothing (``configure`` returns the layer in
   effect). A user's own ``NUMBA_THREADING_LAYER`` environment variable always wins; pass
   ``numba_layer=None`` to leave Numba's default.
+  Inference is the exception: ``tinyllm generate`` and ``tinyllm eval`` ask for
+  ``INFERENCE_NUMBA_LAYER`` (``"omp"``, where OpenMP loads: ``inference_layer()``). A
+  batch-1 decoding step makes ~50 small parallel calls (the quantised matrix-vector
+  products, ``qmatmul``): a launch on ``workqueue`` cost ~105 us here (its sleeping workers
+  must be woken), on ``omp`` ~1.5 us (its workers spin a moment before they sleep), so only
+  ``omp`` lets both cores share a 768 x 768 product. Kernels ask ``cheap_launches()`` to
+  decide how small a product may still run in parallel.
 - ``threads``: BLAS (NumPy's and SciPy's, through threadpoolctl) and Numba's parallel loops
   limited to ``threads`` threads from now on (None: leave them). Results are bitwise
   reproducible at a fixed thread count, so pinning also fixes the numbers.
@@ -39,6 +46,8 @@ from __future__ import annotations
 import os
 
 DEFAULT_NUMBA_LAYER = "workqueue"
+INFERENCE_NUMBA_LAYER = "omp"
+_CHEAP = ("omp", "tbb")                          # layers whose workers spin between launches
 
 
 def _numba():
@@ -65,6 +74,36 @@ def numba_threads() -> int:
     """Threads Numba's parallel loops use now (1 without Numba)."""
     numba = _numba()
     return 1 if numba is None else int(numba.get_num_threads())
+
+
+def inference_layer() -> str:
+    """The layer inference programs ask for: ``INFERENCE_NUMBA_LAYER`` where Numba can load
+    it (OpenMP needs libgomp), else ``DEFAULT_NUMBA_LAYER``."""
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except ImportError:                          # pragma: no cover - no libgomp here
+        return DEFAULT_NUMBA_LAYER
+    return INFERENCE_NUMBA_LAYER
+
+
+_launched = None                                 # the layer, once Numba has fixed it
+
+
+def cheap_launches() -> bool:
+    """Whether a Numba parallel launch costs microseconds (``omp``, ``tbb``) rather than a
+    wake-up of sleeping workers (``workqueue``): the layer in effect, or the one Numba will
+    pick at its first parallel call."""
+    global _launched
+    if _launched is not None:
+        return _launched in _CHEAP
+    numba = _numba()
+    if numba is None:                            # pragma: no cover
+        return False
+    try:
+        _launched = str(numba.threading_layer())
+        return _launched in _CHEAP
+    except ValueError:                           # not launched yet
+        return str(numba.config.THREADING_LAYER) in _CHEAP
 
 
 def set_numba_layer(layer: str | None = DEFAULT_NUMBA_LAYER) -> str | None:
@@ -166,4 +205,5 @@ def configure(threads: int | None = None, numba_layer: str | None = DEFAULT_NUMB
 _keep_freed_memory = keep_freed_memory
 
 __all__ = ["configure", "set_numba_layer", "numba_layer_in_effect", "numba_threads", "Pinned",
-           "pinned_threads", "keep_freed_memory", "DEFAULT_NUMBA_LAYER"]
+           "pinned_threads", "keep_freed_memory", "DEFAULT_NUMBA_LAYER",
+           "INFERENCE_NUMBA_LAYER", "inference_layer", "cheap_launches"]

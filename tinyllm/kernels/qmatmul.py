@@ -55,6 +55,7 @@ from ._check import floats
 from ._family import GBPS, Family, Size, Work
 from ._nb import chunk, njit, num_threads, prange
 from ..errors import ShapeError
+from ..runtime import cheap_launches
 
 NAME = "qmatmul"
 GRANULARITIES = ("tensor", "channel", "group")
@@ -219,10 +220,13 @@ _JB = 128                 # output columns per task
 _KB = 64                  # weight rows per dequantised tile (several-row case)
 _MV_JB = 1024             # at most this many output columns per task (one-row product):
                           # long inner loops; the partial and accumulator (8 KB) in L1
-# in * out * rows from which the column blocks run in parallel: on the 2-core shared host
-# this was written on, a parallel launch lost to the serial loop at every GPT-2-small block
-# matrix (768 x 3072 int8: 0.23 ms against 0.12 ms) and broke even on the 768 x 50257 head
+# in * out * rows from which the column blocks run in parallel. It depends on what a launch
+# costs (tinyllm.runtime.cheap_launches): on Numba's "workqueue" layer ~105 us, so a
+# parallel launch lost to the serial loop at every GPT-2-small block matrix (768 x 3072 int8:
+# 0.23 ms against 0.12 ms) and broke even on the 768 x 50257 head; on "omp" ~1.5 us, so both
+# cores share anything from a few hundred thousand weights up (a 768 x 768 product)
 _PARALLEL = 1 << 23
+_PARALLEL_CHEAP = 1 << 18
 
 
 @njit(inline="always", fastmath={"contract"})
@@ -431,7 +435,7 @@ def forward_numba(x, qweight, scales, bits, granularity, group, in_features):
     y = np.empty((N, n_out), x.dtype)                                 # (N, out)
     if N == 0:
         return y.reshape(lead + (n_out,)), None
-    par = N * n_in * n_out >= _PARALLEL
+    par = N * n_in * n_out >= (_PARALLEL_CHEAP if cheap_launches() else _PARALLEL)
     if N == 1:
         if par:        # enough column blocks for every thread, each as wide as that allows
             jb = min(_MV_JB, max(_JB, -(-n_out // (2 * num_threads()) // 16) * 16))
