@@ -35,6 +35,7 @@ import numpy as np
 from .. import kernels
 from ..autograd import Tensor, is_grad_enabled
 from ..errors import ShapeError
+from ..kernels import qmatmul
 from ..kernels.qmatmul import dequantize, pack, quantize
 from .layers import Embedding, Linear
 from .module import Module, Parameter
@@ -96,6 +97,7 @@ class QuantLinear(Module):
         self.qweight = np.ascontiguousarray(qweight)           # int8 (in, out) / uint8 packed
         self.scales = np.ascontiguousarray(scales)             # (1, 1) / (1, out) / (G, out)
         self.bias = None if bias is None else Parameter(np.asarray(bias), requires_grad=False)
+        self._prepared = None                                  # the Numba operands, on use
 
     def forward_array(self, x: np.ndarray) -> np.ndarray:
         """x (..., in) ndarray -> (..., out) ndarray, through the current qmatmul kernel."""
@@ -103,8 +105,20 @@ class QuantLinear(Module):
             raise ShapeError(f"{self!r}: input has shape {tuple(x.shape)}, its last dimension "
                              f"must be {self.in_features}")
         x = x.astype(self.scales.dtype, copy=False)
-        y, _ = kernels.get("qmatmul").forward(x, self.qweight, self.scales, self.bits,
-                                              self.granularity, self.group, self.in_features)
+        k = kernels.get("qmatmul")
+        if k is qmatmul.NUMBA:                   # checked once: the per-token fast path
+            p = self._prepared
+            if p is None or p[0] is not self.qweight or p[1] is not self.scales:
+                p = self._prepared = (self.qweight, self.scales) + qmatmul.prepare(
+                    self.qweight, self.scales, self.bits, self.granularity, self.group,
+                    self.in_features)
+            lead = x.shape[:-1]
+            x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
+            y = qmatmul.forward_prepared(x2, *p[2:], self.bits)
+            y = y.reshape(lead + (self.out_features,))
+        else:
+            y, _ = k.forward(x, self.qweight, self.scales, self.bits, self.granularity,
+                             self.group, self.in_features)
         if self.bias is not None:
             y += self.bias.data
         return y
