@@ -107,11 +107,17 @@ KERNEL_SIZES = [(1, 33, 17, 32), (3, 33, 17, 32), (1, 1, 5, 32), (2, 45, 31, 16)
                 (1, 1030, 1021, 32), (4, 515, 517, 32), (1, 13, 9, 5)]
 
 
+@pytest.mark.parametrize("par", [True, False])
+@pytest.mark.parametrize("full_w", [4096, 16])        # one-row: whole rows, or column blocks
 @pytest.mark.parametrize("bits,gran", [(8, "channel"), (4, "group"), (4, "tensor")])
-@pytest.mark.parametrize("N,n_in,n_out,group", [(1, 301, 1030, 32), (5, 45, 300, 16)])
-def test_parallel_paths_against_the_oracle(monkeypatch, bits, gran, N, n_in, n_out, group):
-    monkeypatch.setattr(Q, "_PARALLEL", 1)             # every call takes the prange loops,
-    monkeypatch.setattr(Q, "_PARALLEL_CHEAP", 1)       # whatever Numba's layer
+@pytest.mark.parametrize("N,n_in,n_out,group", [(1, 301, 1030, 32), (5, 45, 300, 16),
+                                                (1, 70, 33, 32), (1, 6, 40, 32)])
+def test_parallel_paths_against_the_oracle(monkeypatch, par, full_w, bits, gran, N, n_in,
+                                           n_out, group):
+    limit = 1 if par else 1 << 60                       # every call takes the prange loops
+    monkeypatch.setattr(Q, "_PARALLEL", limit)          # (or none does), whatever Numba's
+    monkeypatch.setattr(Q, "_PARALLEL_CHEAP", limit)    # layer
+    monkeypatch.setattr(Q, "_FULL_W", full_w)
     w = _w(n_in, n_out, 5)
     q, s = Q.quantize(w, bits, gran, group)
     x = np.random.default_rng(6).standard_normal((N, n_in)).astype(np.float32)

@@ -218,8 +218,10 @@ REFERENCE = Kernel(NAME, "numpy", forward_ref, None, ("x",))
 
 _JB = 128                 # output columns per task
 _KB = 64                  # weight rows per dequantised tile (several-row case)
-_MV_JB = 1024             # at most this many output columns per task (one-row product):
+_MV_JB = 1024             # output columns per task of a wide one-row product (the head):
                           # long inner loops; the partial and accumulator (8 KB) in L1
+_FULL_W = 4096            # up to this many columns a one-row product walks whole rows, so
+                          # the weight streams front to back (partial + accumulator <= 32 KB)
 # in * out * rows from which the column blocks run in parallel. It depends on what a launch
 # costs (tinyllm.runtime.cheap_launches): on Numba's "workqueue" layer ~105 us, so a
 # parallel launch lost to the serial loop at every GPT-2-small block matrix (768 x 3072 int8:
@@ -230,15 +232,15 @@ _PARALLEL_CHEAP = 1 << 18
 
 
 @njit(inline="always", fastmath={"contract"})
-def _mv8_block(x, q, s, gs, y, j0, j1, part, acc):
-    """y[j0:j1] = x (in,) @ deq(Q)[:, j0:j1], Q int8 (in, out)."""
-    n_in, w = x.shape[0], j1 - j0
+def _mv8_block(x, q, s, gs, y, j0, j1, part, acc, k_lo, k_hi):
+    """y[j0:j1] = x[k_lo:k_hi] @ deq(Q)[k_lo:k_hi, j0:j1], Q int8 (in, out)."""
+    w = j1 - j0
     for j in range(w):
         acc[j] = 0
-    for g in range(s.shape[0]):
+    for g in range(k_lo // gs, (k_hi - 1) // gs + 1):
         for j in range(w):
             part[j] = 0
-        k, k1 = g * gs, min(n_in, (g + 1) * gs)
+        k, k1 = max(k_lo, g * gs), min(k_hi, (g + 1) * gs)
         while k + 4 <= k1:                                       # four rows per pass over
             x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]  # the partial (fewer loads
             q0, q1, q2, q3 = q[k, j0:j1], q[k + 1, j0:j1], q[k + 2, j0:j1], q[k + 3, j0:j1]
@@ -257,7 +259,7 @@ def _mv8_block(x, q, s, gs, y, j0, j1, part, acc):
 
 
 @njit(inline="always", fastmath={"contract"})
-def _mv4_block(x, p, s, gs, y, j0, j1, part, acc, cst):
+def _mv4_block(x, p, s, gs, y, j0, j1, part, acc, cst, k_lo, k_hi):
     """y[j0:j1] = x (in,) @ deq(Q)[:, j0:j1], Q packed two rows per byte (ceil(in/2), out).
 
     Whole bytes are unpacked in float, 16 lanes wide (nibble arithmetic in integers would
@@ -269,16 +271,16 @@ def _mv4_block(x, p, s, gs, y, j0, j1, part, acc, cst):
     flag the one-row loops take, leaves it exact: the product by 1/16 is exact, so fusing
     it with the add changes nothing; reassociation would break it); ``cst`` holds the
     constants in x's dtype (a float64 literal would turn the loop into float64)."""
-    n_in, w = x.shape[0], j1 - j0
+    w = j1 - j0
     one, sixteen, eight, sixteenth, half15, magic = cst[0], cst[1], cst[2], cst[3], cst[4], \
         cst[5]
     for j in range(w):
         acc[j] = 0
-    for g in range(s.shape[0]):
+    for g in range(k_lo // gs, (k_hi - 1) // gs + 1):
         for j in range(w):
             part[j] = 0
         off = cst[6]                                             # 0
-        k, k1 = g * gs, min(n_in, (g + 1) * gs)
+        k, k1 = max(k_lo, g * gs), min(k_hi, (g + 1) * gs)
         while k < k1:
             r = k >> 1
             if k % 2 == 0 and k + 3 < k1:                        # two bytes: rows k..k+3
@@ -313,11 +315,11 @@ def _mv4_block(x, p, s, gs, y, j0, j1, part, acc, cst):
 
 
 @njit(inline="always", fastmath={"contract"})
-def _mv_block(x, qw, s, gs, bits, y, j0, j1, part, acc, cst):
+def _mv_block(x, qw, s, gs, bits, y, j0, j1, part, acc, cst, k_lo, k_hi):
     if bits == 8:
-        _mv8_block(x, qw, s, gs, y, j0, j1, part, acc)
+        _mv8_block(x, qw, s, gs, y, j0, j1, part, acc, k_lo, k_hi)
     else:
-        _mv4_block(x, qw, s, gs, y, j0, j1, part, acc, cst)
+        _mv4_block(x, qw, s, gs, y, j0, j1, part, acc, cst, k_lo, k_hi)
 
 
 # The one-row loops are plain multiply-accumulates: they take FMA contraction (the design's
@@ -331,16 +333,48 @@ def _mv_serial(x, qw, s, gs, bits, y, jb, cst):
     part, acc = np.empty(jb, x.dtype), np.empty(jb, x.dtype)
     n_out = y.shape[0]
     for j0 in range(0, n_out, jb):
-        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + jb), part, acc, cst)
+        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + jb), part, acc, cst, 0,
+                  x.shape[0])
 
 
 @njit(parallel=True)
 def _mv_par(x, qw, s, gs, bits, y, jb, cst):
+    """Column blocks of jb on the threads (a wide product: the tied head)."""
     n_out = y.shape[0]
     for c in prange((n_out + jb - 1) // jb):
         part, acc = np.empty(jb, x.dtype), np.empty(jb, x.dtype)
         j0 = c * jb
-        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + jb), part, acc, cst)
+        _mv_block(x, qw, s, gs, bits, y, j0, min(n_out, j0 + jb), part, acc, cst, 0,
+                  x.shape[0])
+
+
+@njit(parallel=True, fastmath={"contract"})
+def _mv_rows_par(x, qw, s, gs, bits, y, Y, bounds, cst):
+    """Row ranges bounds[t]..bounds[t+1] on the threads, each over the full width into
+    Y[t] (T, out); then y = Y[0] + Y[1] + ... in that order. Each thread reads one contiguous
+    stretch of the weight, front to back."""
+    n_out, T = y.shape[0], bounds.shape[0] - 1
+    for t in prange(T):
+        part, acc = np.empty(n_out, x.dtype), np.empty(n_out, x.dtype)
+        _mv_block(x, qw, s, gs, bits, Y[t], 0, n_out, part, acc, cst, bounds[t],
+                  bounds[t + 1])
+    for j in range(n_out):
+        v = Y[0, j]
+        for t in range(1, T):
+            v += Y[t, j]
+        y[j] = v
+
+
+def _row_bounds(n_in, gs, tasks):
+    """Split rows 0..n_in into ``tasks`` ranges at group edges (several groups) or at
+    multiples of 4 (one group: the four-row passes, whole int4 bytes)."""
+    G = -(-n_in // gs)
+    if G > 1:
+        b = [min(n_in, (G * t // tasks) * gs) for t in range(tasks + 1)]
+    else:
+        b = [min(n_in, (n_in * t // tasks) // 4 * 4) for t in range(tasks + 1)]
+    b[-1] = n_in
+    return np.array(sorted(set(b)), np.int64)
 
 
 @njit(inline="always")
@@ -448,11 +482,18 @@ def forward_prepared(x2, qw, s, gs, bits):
     par = N * n_in * n_out >= (_PARALLEL_CHEAP if cheap_launches() else _PARALLEL)
     cst = _CONSTS[x2.dtype]
     if N == 1:
-        if par:        # enough column blocks for every thread, each as wide as that allows
+        if par and n_out <= _FULL_W:           # a block's matrix: contiguous row ranges
+            bounds = _row_bounds(n_in, gs, num_threads())
+            if bounds.shape[0] > 2:
+                Y = np.empty((bounds.shape[0] - 1, n_out), x2.dtype)
+                _mv_rows_par(x2[0], qw, s, gs, bits, y[0], Y, bounds, cst)
+                return y
+        if par and n_out > _FULL_W:  # the head: column blocks for every thread
             jb = min(_MV_JB, max(_JB, -(-n_out // (2 * num_threads()) // 16) * 16))
             _mv_par(x2[0], qw, s, gs, bits, y[0], jb, cst)
-        else:
-            _mv_serial(x2[0], qw, s, gs, bits, y[0], min(_MV_JB, n_out), cst)
+        else:                         # full rows, front to back, up to _FULL_W wide
+            _mv_serial(x2[0], qw, s, gs, bits, y[0],
+                       n_out if n_out <= _FULL_W else _MV_JB, cst)
     elif par:
         nb = -(-n_out // _JB)
         rc = max(1, min(N, -(-4 * num_threads() // nb)))
