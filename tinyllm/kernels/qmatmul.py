@@ -35,11 +35,17 @@ The kernel (inference only: no backward):
     for bits=4; scales (as above) in x's dtype; y (..., out) in x's dtype:
     y[n, j] = sum_g scales[g, j] sum_{k in group g} x[n, k] Q[k, j]
 
-The reference dequantises W and multiplies. The Numba version never builds W: for one row
-(a batch-1 decoding step, the case that is bound by reading the weight) each parallel task
-owns a block of output columns and walks the weight's rows, so every weight byte is read
-exactly once and the inner loop over the block's columns (convert, multiply-add) vectorises;
-the sum over a group's rows is kept in a partial that is scaled once per group. For several
+The reference dequantises W and multiplies. The Numba version never builds W. For one row
+(a batch-1 decoding step, the case that is bound by reading the weight) it walks the
+weight's rows front to back, accumulating x[k] * Q[k, :] into a partial of the full width
+(up to 4096 columns: a block's matrices), so every weight byte is read exactly once, in
+memory order, and the inner loop over the columns (convert, multiply-add) vectorises; the
+sum over a group's rows is kept in that partial and scaled once per group. On two threads
+each takes a contiguous range of rows (split at group edges) into a partial output of its
+own, and the partials are added in a fixed order. A wider product (the tied head) is cut
+into column blocks instead, one per task. Walking whole rows made the 48 matrices of a
+GPT-2-small decoding step (int8) about 1.4x faster on two threads than column blocks of
+the same code, which read each row in strided pieces (benchmarks/COMPRESSION.md). For several
 rows (a prefill, an evaluation batch) each task dequantises a small (rows x columns) tile of
 its block at a time into scratch and multiplies all rows of x by it, so the weight is again
 read once and only a tile is ever in float.
