@@ -27,3 +27,7 @@ from .quant import (METHODS, compress, load_quantised, quantised_arrays, save_co
 
 __all__ = ["METHODS", "compress", "save_compressed", "load_quantised", "quantised_arrays",
            "stored_nbytes"]
+from .distill import (DistillConfig, Distiller, distill, distill_run,  # noqa: E402
+                      distill_trainer)
+
+__all__ += ["DistillConfig", "Distiller", "distill", "distill_trainer", "distill_run"]
