@@ -184,8 +184,10 @@ def markdown(res: dict) -> str:
     c, cost = res["config"], res["cost"]
     L = [f"# Knowledge distillation: {c['student']} student from a {c['teacher_shape']} "
          f"teacher", "",
-         f"Command: `{res['command']}` ({res['seconds']:.0f} s on a shared 2-core machine; "
-         f"load average {res['load_before']:.1f} before, {res['load_after']:.1f} after).", "",
+         f"Command: `{res['command']}` ({res['seconds']:.0f} s on a shared 2-core machine, "
+         f"{c['threads']} thread(s) pinned; load average {res['load_before']:.1f} before, "
+         f"{res['load_after']:.1f} after: other jobs ran beside it, so the seconds are "
+         f"noisy; the losses are not, a run is a function of its settings).", "",
          f"Teacher `{c['teacher']}`: {c['teacher_params']:,} parameters, val loss "
          f"{res['teacher_loss']:.4f}. Student: {c['student_params']:,} parameters "
          f"({c['teacher_params'] / c['student_params']:.1f}x smaller), {c['steps']} steps of "
@@ -210,7 +212,8 @@ def markdown(res: dict) -> str:
           f"({cost['rounds']} rounds of {cost['steps_per_round']} steps each, alternating); "
           f"the teacher's forward alone is {cost['teacher_forward']['median_ms']:.1f} ms, the "
           f"distillation loss (KL + CE, forward and backward) "
-          f"{cost['distill_loss']['median_ms']:.1f} ms.", "",
+          f"{cost['distill_loss']['median_ms']:.1f} ms. From the training rows' own wall "
+          f"time (validation included): {s['run_ratio']:.2f}x.", "",
           "Summary:", ""]
     for line in s["lines"]:
         L.append(f"- {line}")
@@ -230,6 +233,8 @@ def main(argv=None) -> int:
                     help="student settings, comma-separated key=value")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--block-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads, pinned "
+                    "(default 1: on a shared machine more threads than free cores stall)")
     args = ap.parse_args(argv)
     q = args.quick
     steps = args.steps or (6 if q else 750)
@@ -239,7 +244,7 @@ def main(argv=None) -> int:
         args.batch_size = args.batch_size or 4
         args.block_size = args.block_size or 32
     args.eval_every = max(1, steps // 3)
-    runtime.configure(keep_freed_memory=True)
+    runtime.configure(threads=args.threads, keep_freed_memory=True)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
     teacher_loss = float(window_losses(teacher, val, windows, 0).mean())
     _log(f"teacher {args.teacher}: {teacher.num_parameters():,} parameters, val "
          f"{teacher_loss:.4f} on {windows} windows")
-    cost = step_costs(args, args.teacher, rounds=2 if q else 5, steps_per_round=2 if q else 8)
+    cost = step_costs(args, args.teacher, rounds=2 if q else 7, steps_per_round=2 if q else 6)
     _log(f"step cost: plain {cost['plain']['median_ms']:.1f} ms, distill "
          f"{cost['distill']['median_ms']:.1f} ms, ratio {cost['ratio']:.2f}; teacher forward "
          f"{cost['teacher_forward']['median_ms']:.1f} ms")
@@ -271,7 +276,8 @@ def main(argv=None) -> int:
                                        f"{teacher.config.n_embd}",
                       "student": f"{p.model.n_layer} layers x {p.model.n_embd}",
                       "steps": steps, "batch_size": p.data.batch_size, "block_size": block,
-                      "lr": p.train.lr, "windows": windows, "seeds": seeds},
+                      "lr": p.train.lr, "windows": windows, "seeds": seeds,
+                      "threads": args.threads},
            "teacher_loss": teacher_loss, "cost": cost, "rows": rows, "load_before": load0}
     for key, label, dist, seed, n in plan:
         model, sec, r = train_row(args, args.teacher, key, dist, seed, n, log=None)
@@ -334,7 +340,10 @@ def summarise(res, steps) -> dict:
                      f"{wall[0]['loss']:.4f} against the T=1 distilled student's "
                      f"{dT1[0]['loss']:.4f} at {steps} steps: distilled − alone = {d:+.4f} "
                      f"({'distillation wins' if d < 0 else 'the student alone wins'})")
-    return {"lines": lines, "checks": checks}
+    alone = [r["ms_per_step"] for r in rows if r["key"] == "alone"]
+    dist = [r["ms_per_step"] for r in rows if r["key"].startswith(("fwd", "rev"))]
+    run_ratio = float(np.mean(dist) / np.mean(alone)) if alone and dist else float("nan")
+    return {"lines": lines, "checks": checks, "run_ratio": run_ratio}
 
 
 if __name__ == "__main__":
