@@ -276,7 +276,10 @@ def cmd_distill(args) -> int:
         DistillConfig(**dist)
         student_preset(tmeta["settings"], rest)
     except (SettingsError, ValueError) as e:
-        raise UsageError(str(e).replace("DistillConfig: ", "")) from None
+        msg = str(e).replace("DistillConfig: ", "")
+        if msg.startswith("unknown setting"):
+            msg += "; and the distillation's temperature, alpha, kind"
+        raise UsageError(msg) from None
     if args.data:
         try:
             load_corpus(args.data)

@@ -182,7 +182,7 @@ def split_settings(items) -> tuple[dict, list]:
                 dist[k] = v
             else:
                 try:
-                    dist[k] = float(v)
+                    dist[k] = float(v) + 0.0          # + 0.0: -0 reads as 0
                 except ValueError:
                     raise SettingsError(f"{k}={v!r}: expected a number") from None
         else:
