@@ -6,6 +6,7 @@ Commands:
   train       train a GPT on text or the attention RNN on a synthetic task, with checkpoints
   generate    continue a prompt from a GPT checkpoint (or answer a task prompt with an RNN one):
               sampled (streamed as it comes), several samples, or beam search
+  distill     train a smaller student GPT from a trained teacher GPT (knowledge distillation)
   eval        score a checkpoint: loss, perplexity and bits per character (GPT) or exact
               match on the task's held-out split (RNN)
   bench       time the kernels and the GPT end to end against NumPy, PyTorch and the machine
@@ -254,6 +255,73 @@ def cmd_train(args) -> int:
     if args.model == "rnn":
         from .train.seq_tasks import evaluate_exact_match
         print(f"held-out exact match {evaluate_exact_match(trainer.model, held) * 100:.1f}%")
+    print(f"checkpoints: {os.path.join(args.out, 'last')} and 'best'; metrics.jsonl, loss.png")
+    return 0
+
+def cmd_distill(args) -> int:
+    """Train a student GPT from a teacher GPT's softened predictions into a run folder."""
+    import os
+
+    from .compress.distill import DistillConfig, distill_run, split_settings, student_preset
+    from .data import load_corpus
+    from .train.runs import SettingsError, prepare_run_folder
+    runtime.configure(keep_freed_memory=True)
+    folder, tmeta = checkpoint_arg(args.teacher, "--teacher")
+    if tmeta.get("model", {}).get("type") != "gpt" or not isinstance(tmeta.get("settings"),
+                                                                      dict):
+        raise UsageError(f"--teacher: {folder} is not a GPT checkpoint written by tinyllm "
+                         f"train; distillation needs a GPT teacher")
+    try:                                 # the settings first: a bad one touches no folder
+        dist, rest = split_settings(args.settings)
+        DistillConfig(**dist)
+        student_preset(tmeta["settings"], rest)
+    except (SettingsError, ValueError) as e:
+        msg = str(e).replace("DistillConfig: ", "")
+        if msg.startswith("unknown setting"):
+            msg += "; and the distillation's temperature, alpha, kind"
+        raise UsageError(msg) from None
+    if args.data:
+        try:
+            load_corpus(args.data)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--data: {e}") from None
+    _writable_dir(args.out, "--out")
+    if os.path.abspath(args.out) in (os.path.abspath(folder),
+                                     os.path.abspath(os.path.dirname(folder))):
+        raise UsageError("--out must differ from the teacher's folder")
+    try:
+        done = prepare_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+    except SettingsError as e:
+        raise UsageError(str(e)) from None
+    if done:
+        print(done)
+    if args.resume:
+        checkpoint_arg(args.out, "--resume: --out")
+    try:
+        trainer, info = distill_run(args.teacher, args.out, args.settings, args.data,
+                                    resume=args.resume)
+    except SettingsError as e:
+        raise UsageError(str(e)) from None
+    for line in info["changes"]:
+        print(line)
+    s, d, teacher = info["preset"].settings(), info["distill"], info["teacher"]
+    n_s = trainer.model.num_parameters()
+    print(f"teacher {info['teacher_folder']}: {teacher.num_parameters():,} parameters; "
+          f"student GPT {s['n_layer']}L/{s['n_head']}H/{s['n_embd']} block {s['block_size']}, "
+          f"{n_s:,} parameters ({teacher.num_parameters() / n_s:.1f}x smaller)")
+    print(f"loss = {d.alpha:g} * T^2 * KL_{d.kind} + {1 - d.alpha:g} * CE at T = "
+          f"{d.temperature:g}; val loss is the student's own cross-entropy")
+    if args.resume:
+        print(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
+    try:
+        r = trainer.fit()
+    except KeyboardInterrupt:            # the trainer saved last/ and said so
+        print(f"tinyllm: interrupted; continue with: tinyllm distill --teacher {args.teacher} "
+              f"--out {args.out} --resume", file=sys.stderr)
+        return 130
+    last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
+    print(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
+          f"{r.best_val:.4f} at step {r.best_step}; {r.seconds:.1f} s")
     print(f"checkpoints: {os.path.join(args.out, 'last')} and 'best'; metrics.jsonl, loss.png")
     return 0
 
@@ -618,6 +686,26 @@ def _parser():
                     "(checkpoints, metrics.jsonl, loss.png; nothing else) and start over "
                     "(default off)")
     tr.set_defaults(run=cmd_train)
+    ds = sub.add_parser("distill", help="train a smaller student GPT from a teacher GPT "
+                        "(knowledge distillation)",
+                        epilog="Settings as --key=value: the student's model and training "
+                        "settings (those of tinyllm train: n_layer, n_head, n_embd, max_steps, "
+                        "lr, ...; default: the teacher's settings with half its layers and "
+                        "half its width), and temperature (T > 0, default 1), alpha (the soft "
+                        "term's weight in [0, 1], default 0.5), kind (forward = "
+                        "KL(teacher || student), or reverse; default forward).")
+    ds.add_argument("--teacher", required=True, metavar="DIR", help="the teacher: a GPT run "
+                    "folder (its 'last' checkpoint) or a checkpoint folder")
+    ds.add_argument("--out", required=True, metavar="DIR", help="the student's run folder, "
+                    "as tinyllm train writes it; one that holds a run needs --resume or "
+                    "--overwrite")
+    ds.add_argument("--data", metavar="FILE", help="a UTF-8 text file (default: the text the "
+                    "teacher trained on)")
+    ds.add_argument("--resume", action="store_true", help="continue the run in --out "
+                    "(default off)")
+    ds.add_argument("--overwrite", action="store_true", help="delete the run in --out and "
+                    "start over (default off)")
+    ds.set_defaults(run=cmd_distill)
     ge = sub.add_parser("generate", help="continue a prompt from a checkpoint (sampled and "
                         "streamed, several samples, or beam search)")
     ge.add_argument("--checkpoint", required=True, help="a run folder (its 'last' checkpoint) "
@@ -800,11 +888,11 @@ def main(argv=None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise UsageError("a command is needed: demo, train, generate, eval, finetune, "
-                             "bench, gradcheck, eps-sweep or taylor (see --help)")
-        if extra and args.command not in ("train", "finetune"):
+            raise UsageError("a command is needed: demo, train, distill, generate, eval, "
+                             "finetune, bench, gradcheck, eps-sweep or taylor (see --help)")
+        if extra and args.command not in ("train", "finetune", "distill"):
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command in ("train", "finetune"):
+        if args.command in ("train", "finetune", "distill"):
             bad = [e for e in extra if not (e.startswith("--") and "=" in e)]
             if bad:
                 raise UsageError(f"unrecognized argument {bad[0]!r} (settings are "

@@ -18,6 +18,7 @@ from .. import kernels
 from ..errors import ShapeError
 from .ops import dropout, embedding, gelu, relu, sigmoid, tanh  # noqa: F401  (re-exported)
 from .tensor import Function, Tensor
+from .distillation import distill_kl, distill_loss  # noqa: F401  (re-exported)
 
 
 class KernelOp(Function):
@@ -191,4 +192,5 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int,
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "linear", "mlp",
            "scaled_dot_product_attention", "additive_attention", "decode_attention", "gelu",
-           "relu", "sigmoid", "tanh", "dropout", "embedding", "KernelOp"]
+           "relu", "sigmoid", "tanh", "dropout", "embedding", "KernelOp", "distill_loss",
+           "distill_kl"]

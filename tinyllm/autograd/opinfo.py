@@ -203,6 +203,27 @@ def _np_layer_norm(x, w, b, eps=1e-5):
     return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps) * w + b
 
 
+def _distill(kind):
+    """alpha T^2 KL + (1 - alpha) CE against a constant teacher (tl.functional.distill_loss)."""
+    def sample(rng):
+        N, V = int(rng.integers(2, 7)), int(rng.integers(2, 9))
+        t = rng.integers(0, V, size=N)
+        t[0] = -100                       # one ignored row (left out of both terms)
+        keep = t != -100
+        zt = rng.standard_normal((N, V)) * 2
+        T, alpha = float(rng.uniform(0.5, 3.0)), float(rng.uniform(0.0, 1.0))
+
+        def ref(x):
+            ls, lt = _np_log_softmax(x / T)[keep], _np_log_softmax(zt / T)[keep]
+            p, q = (np.exp(lt), np.exp(ls)) if kind == "forward" else (np.exp(ls), np.exp(lt))
+            kl = (p * (np.log(p) - np.log(q))).sum(axis=1).mean()
+            ce = -_np_log_softmax(x)[keep, t[keep]].mean()
+            return alpha * T * T * kl + (1 - alpha) * ce
+        return Sample(lambda x: F.distill_loss(x, zt, t, T=T, alpha=alpha, kind=kind),
+                      [rng.standard_normal((N, V)) * 2], ref, f"T={T:.2f} alpha={alpha:.2f}")
+    return sample
+
+
 def _layer_norm(rng):
     s = _shape(rng, rng.integers(1, 4), lo=2)
     C = s[-1]
@@ -314,6 +335,8 @@ OPS: list[OpInfo] = [
     OpInfo("softmax", _softmax_like(F.softmax, _np_softmax)),
     OpInfo("log_softmax", _softmax_like(F.log_softmax, _np_log_softmax)),
     OpInfo("cross_entropy", _cross_entropy),
+    OpInfo("distill_forward", _distill("forward")),
+    OpInfo("distill_reverse", _distill("reverse")),
     OpInfo("layer_norm", _layer_norm),
     OpInfo("mlp", _mlp),
     OpInfo("attention", _attention),

@@ -19,6 +19,10 @@ module ``P``, ``P.qweight`` (int8 (in, out), or uint8 (ceil(in/2), out) packed i
 ``P.scales`` (float32). ``tl.load`` rebuilds the float model from the settings, then swaps in
 the quantised modules (``load_quantised``); a missing, misshapen or mistyped array raises
 ``CheckpointError`` naming it.
+
+Distillation (``tinyllm.compress.distill``, ``tinyllm distill``) trains a smaller student GPT
+from a frozen teacher: ``distill(teacher, student_cfg, train_cfg, T, alpha, kind, ...)``; its
+output is an ordinary GPT run folder.
 """
 from __future__ import annotations
 
@@ -27,3 +31,7 @@ from .quant import (METHODS, compress, load_quantised, quantised_arrays, save_co
 
 __all__ = ["METHODS", "compress", "save_compressed", "load_quantised", "quantised_arrays",
            "stored_nbytes"]
+from .distill import (DistillConfig, Distiller, distill, distill_run,  # noqa: E402
+                      distill_trainer)
+
+__all__ += ["DistillConfig", "Distiller", "distill", "distill_trainer", "distill_run"]
