@@ -31,6 +31,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
+import sys
 
 import numpy as np
 
@@ -57,11 +59,15 @@ def numba_cuda():
 
 def simulator() -> bool:
     """True when numba.cuda is (or will be, at its import) the CPU simulator."""
-    try:
+    if "numba.cuda" in sys.modules:                   # imported: its own reading counts
         from numba.cuda.core import config
         return bool(config.ENABLE_CUDASIM)
-    except ImportError:
-        return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
+
+
+def gpu_visible() -> bool:
+    """A cheap look for an NVIDIA driver (no import): /dev/nvidiactl or nvidia-smi."""
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
 
 
 def ptx_target():
@@ -114,7 +120,10 @@ def usable() -> bool:
 
 
 def on_gpu() -> bool:
-    """True when a real device runs the kernels (not the simulator, not ptx)."""
+    """True when a real device runs the kernels (not the simulator, not ptx). Without a
+    visible driver this answers without importing numba.cuda (about a second)."""
+    if simulator() or ptx_target() is not None or not gpu_visible():
+        return False
     return usable() and mode() == "gpu"
 
 
