@@ -30,17 +30,33 @@ from tinyllm.errors import ShapeError
 from tinyllm.kernels import _cuda
 from tinyllm.kernels._harness import max_rel_err, random_like
 
-if not _cuda.usable():
-    try:
-        _cuda.mode()
-        why = "unknown"
-    except Exception as e:             # the one-line reason: no numba-cuda, no GPU, ...
-        why = str(e)
-    pytest.skip(f"cuda kernels cannot run here: {why}", allow_module_level=True)
+WHY = kernels.cuda_unavailable()       # None, or why the cuda kernels cannot run here
+MODE = None if WHY else _cuda.mode()
+SIM, GPU = MODE == "sim", MODE == "gpu"
+TILE = _cuda.tile() if MODE else _cuda.SIM_TILE
 
-SIM = _cuda.mode() == "sim"
-GPU = _cuda.mode() == "gpu"
-TILE = _cuda.tile()
+
+@pytest.fixture(autouse=True)
+def _needs_cuda(request):
+    if WHY and request.function.__name__ not in RUN_WITHOUT_CUDA:
+        pytest.skip(WHY)
+
+
+def test_asking_for_cuda_without_a_gpu_is_one_line_exit_2():
+    """On the CLI TINYLLM_KERNELS=cuda with no GPU (and no simulator): one line, exit 2."""
+    if _cuda.gpu_visible():
+        pytest.skip("a GPU driver is visible here")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", TINYLLM_KERNELS="cuda")
+    env.pop("TINYLLM_CUDA_PTX", None)
+    r = subprocess.run([sys.executable, "-m", "tinyllm", "train", "--model", "gpt",
+                        "--config", "tiny", "--max_steps=1", "--out", "/nonexistent/x"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TINYLLM_KERNELS=cuda" in lines[0], r.stderr
+
+
+RUN_WITHOUT_CUDA = {test_asking_for_cuda_without_a_gpu_is_one_line_exit_2.__name__}
 FAMILIES = ("softmax", "layernorm", "cross_entropy", "mlp", "attention", "decode_attention")
 DTYPES = (np.float32, np.float64)
 IDS = {np.float32: "f32", np.float64: "f64"}
@@ -312,7 +328,7 @@ def test_every_kernel_compiles_for_sm90_float64():
 # ---------------------------------------------------------------- only on a real GPU
 
 gpu_only = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU with CuPy (here: "
-                              f"{_cuda.mode()} mode)")
+                              f"{MODE or WHY})")
 
 
 @gpu_only

@@ -123,12 +123,8 @@ def use(impl: str):
     _check_impl(impl, "kernels.use")
     if impl == "numba" and not _numba_available():
         raise RuntimeError("kernels.use: Numba does not import here, so 'numba' is unavailable")
-    if impl == "cuda" and not _cuda_usable():
-        from ._cuda import mode
-        try:
-            mode()
-        except Exception as e:
-            raise RuntimeError(f"kernels.use: 'cuda' is unavailable: {e}") from None
+    if impl == "cuda" and cuda_unavailable():
+        raise RuntimeError(f"kernels.use: 'cuda' is unavailable: {cuda_unavailable()}")
     stack = _local.__dict__.setdefault("stack", [])
     stack.append(impl)
     try:
@@ -153,6 +149,8 @@ def get(name: str, impl: str | None = None) -> Kernel:
     if impl == "cuda" and not explicit and getattr(mod, "CUDA", None) is None:
         impl = "numba" if _numba_available() else "numpy"     # no GPU version: the CPU one
     k = getattr(mod, _ATTR[impl], None)
+    if k is not None and impl == "cuda" and cuda_unavailable():
+        raise RuntimeError(f"kernel {name!r}: 'cuda' is unavailable: {cuda_unavailable()}")
     if k is None or not _ready(impl):
         have = [i for i in IMPLS if getattr(mod, _ATTR[i], None) is not None and _ready(i)]
         raise RuntimeError(f"kernel {name!r} has no {impl!r} implementation here; "
@@ -178,6 +176,17 @@ def numba_available() -> bool:
     return _numba_available()
 
 
+def cuda_unavailable() -> str | None:
+    """None when the ``cuda`` kernels can run here (a GPU, the simulator or ptx mode), else
+    the one-line reason (no numba-cuda, no GPU, no CuPy)."""
+    from ._cuda import mode
+    try:
+        mode()
+        return None
+    except Exception as e:                     # CudaUnavailable, or a bad TINYLLM_CUDA_PTX
+        return str(e)
+
+
 def num_threads() -> int:
     """Threads Numba's parallel loops use now (1 without Numba). Nothing outside
     ``tinyllm/kernels`` imports the private ``_nb``; this is the public answer."""
@@ -187,4 +196,4 @@ def num_threads() -> int:
 
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
            "family", "Family", "Size", "Work", "GBPS", "GFLOPS", "numba_available",
-           "num_threads"]
+           "num_threads", "cuda_unavailable"]
