@@ -267,13 +267,27 @@ def launch(kernel, grid, block, *args):
         ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=ptx_target())
         compiled.append((kernel.py_func.__name__, types, ptx))
         return
+    if mode() == "gpu":             # a NumPy argument would be copied in and back each launch
+        import cupy
+        args = tuple(cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
     kernel[grid, int(block)](*args)
+
+
+_CONSTS: dict = {}
 
 
 def consts(dtype, *values):
     """Constants typed like the kernel's data (a float64 literal in a float32 kernel makes the
-    arithmetic float64): a small array in the call's dtype."""
-    return np.array(values, np.dtype(dtype))
+    arithmetic float64): a small array in the call's dtype, kept on the device in gpu mode
+    (made once per dtype and values)."""
+    key = (np.dtype(dtype).name, values)
+    if key not in _CONSTS:
+        a = np.array(values, np.dtype(dtype))
+        if mode() == "gpu":
+            import cupy
+            a = cupy.asarray(a)
+        _CONSTS[key] = a
+    return _CONSTS[key]
 
 
 cuda = None               # numba.cuda once kernels() has run (see there)
