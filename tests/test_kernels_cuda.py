@@ -93,7 +93,7 @@ SIZES = {
     # T = 1; T = tile + 1, causal and full, odd hs; hs = 1; padding at the end (a row of
     # length 1 and an all-padding batch row); random padding (causal rows with no key)
     "attention": [_att(1, 1, 1, 3), _att(2, 2, T1, 3), _att(1, 2, T1, 5, causal=False),
-                  _att(1, 1, T1, 1), _att(1, 1, 2 * TILE + 3, 17, causal=False),
+                  _att(1, 1, T1, 1), _att(1, 1, 2 * TILE + 3, 9, causal=False),
                   _att(3, 2, 5, 3, pad="end"), _att(3, 1, T1, 4, causal=False, pad="end"),
                   _att(2, 1, 10, 3, pad="random")],
     "decode_attention": [{"B": 1, "H": 1, "L": 1, "Lmax": 5, "hs": 1},

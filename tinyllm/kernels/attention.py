@@ -460,6 +460,24 @@ def _cuda_factory(dtype, HS, TILE):
     from . import _cuda
     st = _cuda.shared_type(dtype)
     it = _cuda.shared_type(np.int32)
+    H4 = HS - HS % 4
+
+    @cuda.jit(device=True)
+    def rowdot(a, B, j):
+        """sum_d a[d] B[j, d] in four interleaved partial sums (four independent FMA chains
+        instead of one HS long: the per-thread dot products are latency-bound)."""
+        s0 = a[0] * B[j, 0] - a[0] * B[j, 0]             # 0, in the dtype
+        s1 = s0
+        s2 = s0
+        s3 = s0
+        for d in range(0, H4, 4):
+            s0 += a[d] * B[j, d]
+            s1 += a[d + 1] * B[j, d + 1]
+            s2 += a[d + 2] * B[j, d + 2]
+            s3 += a[d + 3] * B[j, d + 3]
+        for d in range(H4, HS):
+            s0 += a[d] * B[j, d]
+        return (s0 + s1) + (s2 + s3)
 
     @cuda.jit
     def attn_fwd(q, k, v, scale, causal, has_mask, H, km, out, lse, cst):
@@ -496,9 +514,7 @@ def _cuda_factory(dtype, HS, TILE):
                 for j in range(min(TILE, T - k0)):
                     if (causal and k0 + j > t) or Ms[j] == 0:
                         continue
-                    s = zero
-                    for d in range(HS):
-                        s += qv[d] * Ks[j, d]            # S_tj = c q_t . k_j
+                    s = rowdot(qv, Ks, j)                # S_tj = c q_t . k_j
                     if s > m:                            # new max: rescale what was summed
                         alpha = math.exp(m - s)          # exp(-inf) = 0 the first time
                         l_ = l_ * alpha
@@ -565,11 +581,8 @@ def _cuda_factory(dtype, HS, TILE):
                 for j in range(min(TILE, T - q0)):
                     if (causal and s_ > q0 + j) or Ls[j] == ninf:
                         continue
-                    sc = zero
-                    dp = zero
-                    for d in range(HS):
-                        sc += Qs[j, d] * kv[d]
-                        dp += dOs[j, d] * vv[d]
+                    sc = rowdot(kv, Qs, j)               # S = c q_j . k_s
+                    dp = rowdot(vv, dOs, j)              # dP = dO_j . v_s
                     p = math.exp(sc - Ls[j])             # P = exp(S - lse)
                     ds = p * (dp - Ds[j])                # dS = P (dP - D)
                     for d in range(HS):
@@ -618,11 +631,8 @@ def _cuda_factory(dtype, HS, TILE):
                 for j in range(min(TILE, T - k0)):
                     if (causal and k0 + j > t) or Ms[j] == 0:
                         continue
-                    sc = zero
-                    dp = zero
-                    for d in range(HS):
-                        sc += qv[d] * Ks[j, d]
-                        dp += gv[d] * Vs[j, d]
+                    sc = rowdot(qv, Ks, j)
+                    dp = rowdot(gv, Vs, j)
                     ds = math.exp(sc - lt) * (dp - Dt)
                     for d in range(HS):
                         gq[d] += ds * Ks[j, d]           # dQ = c dS K (c below)
