@@ -245,8 +245,8 @@ cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
 def _cuda_factory(dtype):
     @cuda.jit
     def bias_gelu_fwd(a, b1, h, cst):
-        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        r = cuda.blockIdx.y
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
         if j < a.shape[1]:
             s, k, one = cst[0], cst[1], cst[4]
             u = a[r, j] + b1[j]
@@ -255,8 +255,8 @@ def _cuda_factory(dtype):
 
     @cuda.jit
     def gelu_bwd(a, dh, h, cst):
-        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        r = cuda.blockIdx.y
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
         if j < a.shape[1]:
             s, k, k3, one = cst[0], cst[1], cst[2], cst[4]
             u = a[r, j]
@@ -269,10 +269,11 @@ def _cuda_factory(dtype):
 
 
 def _rows_grid(N, H):
-    """(grid, block) for one thread per element of an (N, H) array, rows on the grid's y."""
+    """(grid, block) for one thread per element of an (N, H) array: rows on the grid's x
+    (up to 2^31 - 1; y stops at 65535), column blocks on its y."""
     from . import _cuda
     nt = _cuda.threads(H, 1)
-    return (-(-H // nt), N), nt
+    return (N, -(-H // nt)), nt
 
 
 def forward_cuda(x, W1, b1, W2, b2):
