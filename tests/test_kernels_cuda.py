@@ -361,3 +361,17 @@ def test_gpu_attention_at_a_real_tile_size():
         arrays, opts = kernels.family("attention").inputs(p, np.dtype(np.float32),
                                                           np.random.default_rng(0))
         _compare("attention", arrays, opts, np.float32)
+
+
+def test_column_sums_and_float64_total_over_many_chunks():
+    """The atomics-free reductions the biases and the losses use: 130 rows in 64 chunks of 3
+    (the last one short), and a float64 total of 100 float32 values in one block."""
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((130, 3)).astype(np.float32)
+    call = _cuda.Call("column_sums", a)
+    got = _cuda.host(_cuda.column_sums(call, call.dev(a)))
+    np.testing.assert_allclose(got, a.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal(100).astype(np.float32)
+    tot = _cuda.host(_cuda.total_f64(call, call.dev(x)))
+    assert tot.dtype == np.float64
+    np.testing.assert_allclose(tot[0], x.astype(np.float64).sum(), rtol=1e-12)
