@@ -60,7 +60,10 @@ def numba_cuda():
 def simulator() -> bool:
     """True when numba.cuda is (or will be, at its import) the CPU simulator."""
     if "numba.cuda" in sys.modules:                   # imported: its own reading counts
-        from numba.cuda.core import config
+        try:
+            from numba.cuda.core import config        # numba-cuda
+        except ImportError:                           # older: numba's own config
+            from numba.core import config
         return bool(config.ENABLE_CUDASIM)
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
 
