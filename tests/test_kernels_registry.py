@@ -30,7 +30,7 @@ def test_unknown_names_are_errors():
             pass
     with pytest.raises(ValueError, match="unknown kernel implementation 'cupy'"):
         kernels.get("softmax", impl="cupy")          # no GPU version yet: not a name
-    assert kernels.IMPLS == ("numpy", "numba")
+    assert kernels.IMPLS == ("numpy", "numba", "cuda")
 
 
 def test_use_switches_and_restores():

@@ -883,6 +883,17 @@ def _validate(args) -> None:
         checkpoint_arg(args.out, "--resume: --out")     # a run to resume, before anything runs
 
 
+def _kernels_setting() -> None:
+    """TINYLLM_KERNELS must name an implementation that runs here (cuda: a GPU)."""
+    from . import kernels
+    try:
+        impl = kernels.default_impl()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if impl == "cuda" and kernels.cuda_unavailable():
+        raise UsageError(f"TINYLLM_KERNELS=cuda: {kernels.cuda_unavailable()}")
+
+
 def main(argv=None) -> int:
     parser = _parser()
     try:
@@ -901,6 +912,7 @@ def main(argv=None) -> int:
         if args.command == "eps-sweep" and len(args.op) != 1:
             raise UsageError("eps-sweep takes exactly one --op")
         _validate(args)
+        _kernels_setting()
         # Numba's threading layer, before the first kernel runs: decoding's many small
         # parallel products need the layer whose launches are cheap (tinyllm.runtime)
         infer = args.command in ("generate", "eval")

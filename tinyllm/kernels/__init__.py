@@ -24,8 +24,15 @@ and ``Kernel.backward = None``). Pick an implementation with ``get``::
     tl.kernels.family("softmax").sizes("test")  # the declarative description
 
 The default comes from, in order: ``with tl.kernels.use("numpy"):``, the ``TINYLLM_KERNELS``
-environment variable (``numpy`` or ``numba``), and otherwise ``numba`` when Numba imports.
-``tl.functional`` asks the registry on every call, so one setting switches the whole engine.
+environment variable (``numpy``, ``numba`` or ``cuda``), and otherwise ``numba`` when Numba
+imports. ``tl.functional`` asks the registry on every call, so one setting switches the whole
+engine.
+
+``cuda`` (``CUDA`` in a family module, ``numba.cuda`` kernels, launched through ``_cuda.py``)
+runs on a GPU, or on Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` was set before
+the first import of numba.cuda. ``available(name)`` lists it only on a real GPU (the simulator
+is a test tool, reached by name). Under a *default* of ``cuda`` a family without a CUDA
+version (an optimiser update, the additive attention) runs its Numba (or NumPy) version.
 
 ``python -m tinyllm.kernels.<family>`` checks every implementation against the reference and
 then times it (``_harness.py``).
@@ -45,8 +52,8 @@ from ._family import GBPS, GFLOPS, Family, Size, Work
 # the family modules, from the package's files (importing none of them)
 FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
                         if not m.name.startswith("_") and not m.ispkg))
-IMPLS = ("numpy", "numba")
-_ATTR = {"numpy": "REFERENCE", "numba": "NUMBA"}
+IMPLS = ("numpy", "numba", "cuda")
+_ATTR = {"numpy": "REFERENCE", "numba": "NUMBA", "cuda": "CUDA"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,25 @@ _local = threading.local()
 def _numba_available() -> bool:
     from ._nb import HAVE_NUMBA
     return HAVE_NUMBA
+
+
+def _cuda_usable() -> bool:
+    from ._cuda import usable
+    return usable()
+
+
+def _cuda_on_gpu() -> bool:
+    from ._cuda import on_gpu
+    return on_gpu()
+
+
+def _ready(impl: str) -> bool:
+    """Whether ``impl`` can run here at all (cuda: a GPU, the simulator or ptx mode)."""
+    if impl == "numba":
+        return _numba_available()
+    if impl == "cuda":
+        return _cuda_usable()
+    return True
 
 
 def _check_impl(impl: str, where: str) -> str:
@@ -97,6 +123,8 @@ def use(impl: str):
     _check_impl(impl, "kernels.use")
     if impl == "numba" and not _numba_available():
         raise RuntimeError("kernels.use: Numba does not import here, so 'numba' is unavailable")
+    if impl == "cuda" and cuda_unavailable():
+        raise RuntimeError(f"kernels.use: 'cuda' is unavailable: {cuda_unavailable()}")
     stack = _local.__dict__.setdefault("stack", [])
     stack.append(impl)
     try:
@@ -115,12 +143,16 @@ def module(name: str):
 
 def get(name: str, impl: str | None = None) -> Kernel:
     """The ``impl`` implementation of kernel family ``name`` (default: ``default_impl()``)."""
+    explicit = impl is not None
     impl = default_impl() if impl is None else _check_impl(impl, f"kernels.get({name!r})")
     mod = module(name)
+    if impl == "cuda" and not explicit and getattr(mod, "CUDA", None) is None:
+        impl = "numba" if _numba_available() else "numpy"     # no GPU version: the CPU one
     k = getattr(mod, _ATTR[impl], None)
-    if k is None or (impl == "numba" and not _numba_available()):
-        have = [i for i in IMPLS if getattr(mod, _ATTR[i], None) is not None
-                and (i != "numba" or _numba_available())]
+    if k is not None and impl == "cuda" and cuda_unavailable():
+        raise RuntimeError(f"kernel {name!r}: 'cuda' is unavailable: {cuda_unavailable()}")
+    if k is None or not _ready(impl):
+        have = [i for i in IMPLS if getattr(mod, _ATTR[i], None) is not None and _ready(i)]
         raise RuntimeError(f"kernel {name!r} has no {impl!r} implementation here; "
                            f"available: {', '.join(have)}")
     return k
@@ -132,15 +164,27 @@ def family(name: str):
 
 
 def available(name: str) -> list[str]:
-    """The implementations of ``name`` that can run on this machine."""
+    """The implementations of ``name`` that can run on this machine (``cuda`` only on a real
+    GPU: under the simulator it is reachable by name, ``get(name, "cuda")``)."""
     mod = module(name)
     return [i for i in IMPLS if getattr(mod, _ATTR[i], None) is not None
-            and (i != "numba" or _numba_available())]
+            and (_cuda_on_gpu() if i == "cuda" else _ready(i))]
 
 
 def numba_available() -> bool:
     """True when Numba imports here (then ``"numba"`` is an implementation one can use)."""
     return _numba_available()
+
+
+def cuda_unavailable() -> str | None:
+    """None when the ``cuda`` kernels can run here (a GPU, the simulator or ptx mode), else
+    the one-line reason (no numba-cuda, no GPU, no CuPy)."""
+    from ._cuda import mode
+    try:
+        mode()
+        return None
+    except Exception as e:                     # CudaUnavailable, or a bad TINYLLM_CUDA_PTX
+        return str(e)
 
 
 def num_threads() -> int:
@@ -152,4 +196,4 @@ def num_threads() -> int:
 
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
            "family", "Family", "Size", "Work", "GBPS", "GFLOPS", "numba_available",
-           "num_threads"]
+           "num_threads", "cuda_unavailable"]

@@ -434,6 +434,266 @@ def backward_numba(dout, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("q", "k", "v"))
 
+
+# ---------------------------------------------------------------- CUDA (numba.cuda)
+# Heads flattened to BH. Tiles of TILE queries or keys (_cuda.tile(): 64 on a device, 8 under
+# the simulator); the head size HS is a compile-time constant (one kernel per HS), so the
+# per-thread rows below unroll into registers.
+#
+# Forward, grid (query tiles, BH), one thread per query: the block loads each key tile
+# (TILE x HS of K and of V, and which keys are real) into shared memory, then every thread
+# walks the tile with the online softmax for its query: a score above the running max m
+# rescales the running sum l and the output accumulator by exp(m_old - m_new). Causal: key
+# tiles stop at the diagonal. The row's lse = m + log l is saved (-inf when every key was
+# masked: l = 0, out = 0).
+#
+# Backward, deterministic without atomics, in three launches: D_t = dO_t . out_t; then dK, dV
+# with one thread per key (grid over key tiles), walking the query tiles (c Q, dO, lse, D in
+# shared memory) and recomputing P = exp(S - lse) tile by tile; then dQ with one thread per
+# query walking the key tiles the same way. Each output element is summed by one thread in
+# a fixed order, at the price of computing the scores twice (the atomics-free split).
+
+cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
+
+
+def _cuda_factory(dtype, HS, TILE):
+    from . import _cuda
+    st = _cuda.shared_type(dtype)
+    it = _cuda.shared_type(np.int32)
+    H4 = HS - HS % 4
+
+    @cuda.jit(device=True)
+    def rowdot(a, B, j):
+        """sum_d a[d] B[j, d] in four interleaved partial sums (four independent FMA chains
+        instead of one HS long: the per-thread dot products are latency-bound)."""
+        s0 = a[0] * B[j, 0] - a[0] * B[j, 0]             # 0, in the dtype
+        s1 = s0
+        s2 = s0
+        s3 = s0
+        for d in range(0, H4, 4):
+            s0 += a[d] * B[j, d]
+            s1 += a[d + 1] * B[j, d + 1]
+            s2 += a[d + 2] * B[j, d + 2]
+            s3 += a[d + 3] * B[j, d + 3]
+        for d in range(H4, HS):
+            s0 += a[d] * B[j, d]
+        return (s0 + s1) + (s2 + s3)
+
+    @cuda.jit
+    def attn_fwd(q, k, v, scale, causal, has_mask, H, km, out, lse, cst):
+        Ks = cuda.shared.array((TILE, HS), st)
+        Vs = cuda.shared.array((TILE, HS), st)
+        Ms = cuda.shared.array(TILE, it)                 # 1: key k0+j may be attended to
+        qv = cuda.local.array(HS, st)
+        acc = cuda.local.array(HS, st)
+        bh = cuda.blockIdx.y
+        b = bh // H
+        q0 = cuda.blockIdx.x * TILE
+        i = cuda.threadIdx.x
+        T = q.shape[1]
+        t = q0 + i
+        zero, ninf, one = cst[0], cst[1], cst[2]
+        live = t < T
+        for d in range(HS):
+            qv[d] = q[bh, t, d] * scale if live else zero
+            acc[d] = zero
+        m = ninf
+        l_ = zero
+        kend = min(T, q0 + TILE) if causal else T
+        for k0 in range(0, kend, TILE):
+            for e in range(i, TILE * HS, TILE):          # the tile, cooperatively
+                j = e // HS
+                d = e - j * HS
+                if k0 + j < T:
+                    Ks[j, d] = k[bh, k0 + j, d]
+                    Vs[j, d] = v[bh, k0 + j, d]
+            kk = k0 + i
+            Ms[i] = 1 if kk < T and (not has_mask or km[b, kk]) else 0
+            cuda.syncthreads()
+            if live:
+                for j in range(min(TILE, T - k0)):
+                    if (causal and k0 + j > t) or Ms[j] == 0:
+                        continue
+                    s = rowdot(qv, Ks, j)                # S_tj = c q_t . k_j
+                    if s > m:                            # new max: rescale what was summed
+                        alpha = math.exp(m - s)          # exp(-inf) = 0 the first time
+                        l_ = l_ * alpha
+                        for d in range(HS):
+                            acc[d] = acc[d] * alpha
+                        m = s
+                    p = math.exp(s - m)
+                    l_ += p
+                    for d in range(HS):
+                        acc[d] += p * Vs[j, d]
+            cuda.syncthreads()
+        if live:
+            inv = one / l_ if l_ > zero else zero
+            for d in range(HS):
+                out[bh, t, d] = acc[d] * inv
+            lse[bh, t] = m + math.log(l_) if l_ > zero else ninf
+
+    @cuda.jit
+    def attn_bwd_D(dout, out, D, cst):
+        bh = cuda.blockIdx.y
+        t = cuda.blockIdx.x * TILE + cuda.threadIdx.x
+        if t < out.shape[1]:
+            s = cst[0]
+            for d in range(HS):
+                s += dout[bh, t, d] * out[bh, t, d]
+            D[bh, t] = s
+
+    @cuda.jit
+    def attn_bwd_dkv(q, k, v, dout, lse, D, scale, causal, has_mask, H, km, dk, dv, cst):
+        Qs = cuda.shared.array((TILE, HS), st)           # c q
+        dOs = cuda.shared.array((TILE, HS), st)
+        Ls = cuda.shared.array(TILE, st)
+        Ds = cuda.shared.array(TILE, st)
+        kv = cuda.local.array(HS, st)
+        vv = cuda.local.array(HS, st)
+        gk = cuda.local.array(HS, st)
+        gv = cuda.local.array(HS, st)
+        bh = cuda.blockIdx.y
+        b = bh // H
+        k0 = cuda.blockIdx.x * TILE
+        i = cuda.threadIdx.x
+        T = q.shape[1]
+        s_ = k0 + i                                      # this thread's key
+        zero, ninf = cst[0], cst[1]
+        ok = s_ < T and (not has_mask or km[b, s_])
+        for d in range(HS):
+            kv[d] = k[bh, s_, d] if ok else zero
+            vv[d] = v[bh, s_, d] if ok else zero
+            gk[d] = zero
+            gv[d] = zero
+        qstart = k0 if causal else 0                     # earlier queries cannot see it
+        for q0 in range(qstart, T, TILE):
+            for e in range(i, TILE * HS, TILE):
+                j = e // HS
+                d = e - j * HS
+                if q0 + j < T:
+                    Qs[j, d] = q[bh, q0 + j, d] * scale
+                    dOs[j, d] = dout[bh, q0 + j, d]
+            if q0 + i < T:
+                Ls[i] = lse[bh, q0 + i]
+                Ds[i] = D[bh, q0 + i]
+            cuda.syncthreads()
+            if ok:
+                for j in range(min(TILE, T - q0)):
+                    if (causal and s_ > q0 + j) or Ls[j] == ninf:
+                        continue
+                    sc = rowdot(kv, Qs, j)               # S = c q_j . k_s
+                    dp = rowdot(vv, dOs, j)              # dP = dO_j . v_s
+                    p = math.exp(sc - Ls[j])             # P = exp(S - lse)
+                    ds = p * (dp - Ds[j])                # dS = P (dP - D)
+                    for d in range(HS):
+                        gv[d] += p * dOs[j, d]           # dV = P^T dO
+                        gk[d] += ds * Qs[j, d]           # dK = c dS^T Q
+            cuda.syncthreads()
+        if s_ < T:
+            for d in range(HS):
+                dk[bh, s_, d] = gk[d]
+                dv[bh, s_, d] = gv[d]
+
+    @cuda.jit
+    def attn_bwd_dq(q, k, v, dout, lse, D, scale, causal, has_mask, H, km, dq, cst):
+        Ks = cuda.shared.array((TILE, HS), st)
+        Vs = cuda.shared.array((TILE, HS), st)
+        Ms = cuda.shared.array(TILE, it)
+        qv = cuda.local.array(HS, st)
+        gv = cuda.local.array(HS, st)                    # dO_t
+        gq = cuda.local.array(HS, st)
+        bh = cuda.blockIdx.y
+        b = bh // H
+        q0 = cuda.blockIdx.x * TILE
+        i = cuda.threadIdx.x
+        T = q.shape[1]
+        t = q0 + i
+        zero, ninf = cst[0], cst[1]
+        live = t < T
+        lt = lse[bh, t] if live else ninf
+        Dt = D[bh, t] if live else zero
+        for d in range(HS):
+            qv[d] = q[bh, t, d] * scale if live else zero
+            gv[d] = dout[bh, t, d] if live else zero
+            gq[d] = zero
+        kend = min(T, q0 + TILE) if causal else T
+        for k0 in range(0, kend, TILE):
+            for e in range(i, TILE * HS, TILE):
+                j = e // HS
+                d = e - j * HS
+                if k0 + j < T:
+                    Ks[j, d] = k[bh, k0 + j, d]
+                    Vs[j, d] = v[bh, k0 + j, d]
+            kk = k0 + i
+            Ms[i] = 1 if kk < T and (not has_mask or km[b, kk]) else 0
+            cuda.syncthreads()
+            if live and lt != ninf:
+                for j in range(min(TILE, T - k0)):
+                    if (causal and k0 + j > t) or Ms[j] == 0:
+                        continue
+                    sc = rowdot(qv, Ks, j)
+                    dp = rowdot(gv, Vs, j)
+                    ds = math.exp(sc - lt) * (dp - Dt)
+                    for d in range(HS):
+                        gq[d] += ds * Ks[j, d]           # dQ = c dS K (c below)
+            cuda.syncthreads()
+        if live:
+            for d in range(HS):
+                dq[bh, t, d] = gq[d] * scale
+
+    return attn_fwd, attn_bwd_D, attn_bwd_dkv, attn_bwd_dq
+
+
+_NO_MASK_CUDA = np.ones((1, 1), np.bool_)               # never read: has_mask is False
+
+
+def forward_cuda(q, k, v, causal=True, scale=None, key_mask=None):
+    from . import _cuda
+    scale, key_mask = _check(_cuda.shadow(q), _cuda.shadow(k), _cuda.shadow(v), scale,
+                             _cuda.host(key_mask))
+    call = _cuda.Call(NAME, q, k, v)
+    B, H, T, hs = q.shape
+    f = (B * H, T, hs)
+    qd, kd, vd = (call.dev(a).reshape(f) for a in (q, k, v))
+    dt = qd.dtype
+    km = call.dev(key_mask if key_mask is not None else _NO_MASK_CUDA)
+    out = call.empty(f, dt)
+    lse = call.empty((B * H, T), dt)
+    tile = _cuda.tile()
+    fwd = _cuda.kernels(_cuda_factory, dt.name, hs, tile)[0]
+    cst = _cuda.consts(dt, 0.0, -np.inf, 1.0)
+    _cuda.launch(fwd, (-(-T // tile), B * H), tile, qd, kd, vd, scale, bool(causal),
+                 key_mask is not None, H, km, out, lse, cst)
+    cache = _cache(qd, kd, vd, out, lse, scale, bool(causal), key_mask, call=call, km=km,
+                   shape=q.shape)
+    return call.out(out.reshape(q.shape)), cache
+
+
+def backward_cuda(dout, cache):
+    from . import _cuda
+    c = cache
+    call = c.call
+    B, H, T, hs = c.shape
+    f = (B * H, T, hs)
+    dt = c.q.dtype
+    g = _cuda.dout(call, NAME, dout, c.shape, dt).reshape(f)
+    tile = _cuda.tile()
+    _, bwd_D, bwd_dkv, bwd_dq = _cuda.kernels(_cuda_factory, dt.name, hs, tile)
+    cst = _cuda.consts(dt, 0.0, -np.inf, 1.0)
+    grid = (-(-T // tile), B * H)
+    D = call.empty((B * H, T), dt)
+    dq, dk, dv = call.empty(f, dt), call.empty(f, dt), call.empty(f, dt)
+    has_mask = c.key_mask is not None
+    _cuda.launch(bwd_D, grid, tile, g, c.out, D, cst)
+    _cuda.launch(bwd_dkv, grid, tile, c.q, c.k, c.v, g, c.lse, D, c.scale, c.causal,
+                 has_mask, H, c.km, dk, dv, cst)
+    _cuda.launch(bwd_dq, grid, tile, c.q, c.k, c.v, g, c.lse, D, c.scale, c.causal,
+                 has_mask, H, c.km, dq, cst)
+    return tuple(call.out(a.reshape(c.shape)) for a in (dq, dk, dv))
+
+
+CUDA = Kernel(NAME, "cuda", forward_cuda, backward_cuda, ("q", "k", "v"))
+
 # ---------------------------------------------------------------- the family
 
 def key_mask_for(pad, B, T, rng):

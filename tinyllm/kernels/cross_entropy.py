@@ -24,6 +24,8 @@ cache = (logits, targets, lse, n, ignore_index), lse (N, 2) holding the columns 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import Kernel
@@ -196,6 +198,110 @@ def backward_numba(dloss, cache):
 
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("logits",))
+
+
+# ---------------------------------------------------------------- CUDA (numba.cuda)
+# One block per row: the max and the sum of exp(z - m) are block trees; the forward writes
+# (m, l) and the row's nll (0 for an ignored row), and the mean over the kept rows is one
+# more block tree that accumulates in float64 (_cuda.total_f64), like the CPU versions'
+# float64 sum. The backward rebuilds exp((z - m) - l) from (m, l) in one pass per row.
+
+cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
+
+
+def _cuda_factory(dtype):
+    from . import _cuda
+    block_sum, block_max = _cuda.reductions()
+    st = _cuda.shared_type(dtype)
+    MAXT = _cuda.MAX_THREADS
+
+    @cuda.jit
+    def ce_fwd(z, t, ignore_index, lse, nll, cst):
+        sm = cuda.shared.array(MAXT, st)
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        V = z.shape[1]
+        zero, ninf = cst[0], cst[1]
+        if t[r] == ignore_index:                          # no loss, no gradient
+            if tid == 0:
+                lse[r, 0] = zero
+                lse[r, 1] = zero
+                nll[r] = zero
+            return
+        m = ninf
+        for j in range(tid, V, nt):
+            v = z[r, j]
+            m = v if v > m else m
+        m = block_max(sm, m, tid, nt)
+        if m == ninf:
+            m = zero                                      # all -inf: l = log 0 = -inf
+        s = zero
+        for j in range(tid, V, nt):
+            s += math.exp(z[r, j] - m)
+        s = block_sum(sm, s, tid, nt)
+        if tid == 0:
+            lg = math.log(s) if s > zero else ninf
+            lse[r, 0] = m
+            lse[r, 1] = lg
+            nll[r] = (m - z[r, t[r]]) + lg
+
+    @cuda.jit
+    def ce_bwd(z, t, ignore_index, lse, scale, dz):
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        V = z.shape[1]
+        if t[r] == ignore_index:
+            for j in range(tid, V, nt):
+                dz[r, j] = scale - scale                  # 0, in the dtype
+            return
+        m = lse[r, 0]
+        lg = lse[r, 1]
+        tr = t[r]
+        for j in range(tid, V, nt):
+            p = math.exp((z[r, j] - m) - lg) * scale
+            dz[r, j] = p - scale if j == tr else p
+
+    return ce_fwd, ce_bwd
+
+
+def forward_cuda(logits, targets, ignore_index=-100):
+    from . import _cuda
+    _, t_host, keep = _check(_cuda.shadow(logits), _cuda.host(targets), ignore_index)
+    call = _cuda.Call(NAME, logits)
+    z = call.dev(logits)
+    dt = z.dtype
+    N, V = z.shape
+    t = call.dev(t_host)
+    lse = call.empty((N, 2), dt)
+    nll = call.empty((N,), dt)
+    fwd, _ = _cuda.kernels(_cuda_factory, dt.name)
+    _cuda.launch(fwd, N, _cuda.threads(V), z, t, np.int64(ignore_index), lse, nll,
+                 _cuda.consts(dt, 0.0, -np.inf))
+    n = int(keep.sum())
+    if n == 0 or N == 0:
+        loss = call.zeros((), dt)
+    else:
+        loss = call.xp.asarray(_cuda.total_f64(call, nll)[0] / n).astype(dt)
+    return call.out(loss), (call, z, t, lse, n, ignore_index)
+
+
+def backward_cuda(dloss, cache):
+    from . import _cuda
+    call, z, t, lse, n, ignore_index = cache
+    dloss = _dloss(_cuda.host(dloss), z.dtype)
+    if n == 0:
+        return (call.out(call.zeros(z.shape, z.dtype)),)
+    dz = call.empty(z.shape, z.dtype)
+    _, bwd = _cuda.kernels(_cuda_factory, z.dtype.name)
+    scale = z.dtype.type(dloss / z.dtype.type(n))
+    _cuda.launch(bwd, z.shape[0], _cuda.threads(z.shape[1]), z, t, np.int64(ignore_index),
+                 lse, scale, dz)
+    return (call.out(dz),)
+
+
+CUDA = Kernel(NAME, "cuda", forward_cuda, backward_cuda, ("logits",))
 
 # ---------------------------------------------------------------- the family
 

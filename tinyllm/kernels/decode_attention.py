@@ -225,6 +225,142 @@ def backward_numba(dout, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("q", "k_cache", "v_cache"))
 
+
+# ---------------------------------------------------------------- CUDA (numba.cuda)
+# One block per head (b, h), nt threads. Forward: thread i scores the keys s = i, i + nt, ...
+# (each a dot over hs), into a (BH, L) scratch row in global memory; the max and the sum of
+# exp(S - m) are block trees; then thread d sums P_s v_sd over s for its output element(s)
+# (adjacent threads read adjacent elements of a value row). Backward: the same block layout;
+# thread s writes dS_s and P_s to scratch, then dk and dv element by element (zero past
+# L), then dq_d = c sum_s dS_s k_sd by one thread per d. No atomics.
+
+cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
+
+
+def _cuda_factory(dtype):
+    from . import _cuda
+    block_sum, block_max = _cuda.reductions()
+    st = _cuda.shared_type(dtype)
+    MAXT = _cuda.MAX_THREADS
+
+    @cuda.jit
+    def dec_fwd(q, k, v, L, scale, out, lse, sbuf, cst):
+        sm = cuda.shared.array(MAXT, st)
+        bh = cuda.blockIdx.x
+        H = q.shape[1]
+        b = bh // H
+        h = bh - b * H
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        hs = q.shape[3]
+        zero, ninf, one = cst[0], cst[1], cst[2]
+        m = ninf
+        for j in range(tid, L, nt):
+            x = zero
+            for d in range(hs):
+                x += k[b, h, j, d] * q[b, h, 0, d]
+            x = x * scale                                  # S_j = c q . k_j
+            sbuf[bh, j] = x
+            m = x if x > m else m
+        m = block_max(sm, m, tid, nt)
+        mu = m if m != ninf else zero
+        tot = zero
+        for j in range(tid, L, nt):
+            e = math.exp(sbuf[bh, j] - mu)
+            sbuf[bh, j] = e
+            tot += e
+        tot = block_sum(sm, tot, tid, nt)                  # syncs: sbuf is complete
+        inv = one / tot if tot > zero else zero
+        for d in range(tid, hs, nt):
+            o = zero
+            for j in range(L):
+                o += sbuf[bh, j] * v[b, h, j, d]
+            out[b, h, 0, d] = o * inv
+        if tid == 0:
+            lse[b, h, 0] = m + math.log(tot) if tot > zero else ninf
+
+    @cuda.jit
+    def dec_bwd(q, k, v, L, scale, out, lse, dout, dq, dk, dv, pbuf, dsbuf, cst):
+        sm = cuda.shared.array(MAXT, st)
+        bh = cuda.blockIdx.x
+        H = q.shape[1]
+        b = bh // H
+        h = bh - b * H
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        hs = q.shape[3]
+        Lmax = k.shape[2]
+        zero = cst[0]
+        Dv = zero
+        for d in range(tid, hs, nt):
+            Dv += dout[b, h, 0, d] * out[b, h, 0, d]
+        Dv = block_sum(sm, Dv, tid, nt)                    # D = dO . out
+        lz = lse[b, h, 0]
+        for j in range(tid, L, nt):
+            x = zero
+            g = zero
+            for d in range(hs):
+                x += k[b, h, j, d] * q[b, h, 0, d]
+                g += v[b, h, j, d] * dout[b, h, 0, d]
+            p = math.exp(x * scale - lz)                   # P_j = exp(S_j - lse)
+            pbuf[bh, j] = p
+            dsbuf[bh, j] = p * (g - Dv) * scale            # c dS_j
+        cuda.syncthreads()
+        for e in range(tid, Lmax * hs, nt):
+            j = e // hs
+            d = e - j * hs
+            if j < L:
+                dk[b, h, j, d] = dsbuf[bh, j] * q[b, h, 0, d]
+                dv[b, h, j, d] = pbuf[bh, j] * dout[b, h, 0, d]
+            else:
+                dk[b, h, j, d] = zero
+                dv[b, h, j, d] = zero
+        for d in range(tid, hs, nt):
+            a = zero
+            for j in range(L):
+                a += dsbuf[bh, j] * k[b, h, j, d]
+            dq[b, h, 0, d] = a
+
+    return dec_fwd, dec_bwd
+
+
+def forward_cuda(q, k_cache, v_cache, length, scale=None):
+    from . import _cuda
+    L, scale = _check(*map(_cuda.shadow, (q, k_cache, v_cache)), length, scale)
+    call = _cuda.Call(NAME, q, k_cache, v_cache)
+    qd, kd, vd = map(call.dev, (q, k_cache, v_cache))
+    dt = qd.dtype
+    B, H, _, hs = q.shape
+    out = call.empty((B, H, 1, hs), dt)
+    lse = call.empty((B, H, 1), dt)
+    sbuf = call.empty((B * H, L), dt)
+    fwd, _ = _cuda.kernels(_cuda_factory, dt.name)
+    _cuda.launch(fwd, B * H, _cuda.threads(max(L, hs), 2), qd, kd, vd, L, scale, out, lse,
+                 sbuf, _cuda.consts(dt, 0.0, -np.inf, 1.0))
+    cache = _cache(qd, kd, vd, L, out, lse, scale)
+    cache.call = call
+    return call.out(out), cache
+
+
+def backward_cuda(dout, cache):
+    from . import _cuda
+    c = cache
+    call = c.call
+    dt = c.q.dtype
+    g = _cuda.dout(call, NAME, dout, c.out.shape, dt)
+    B, H, Lmax, hs = c.k.shape
+    dq = call.empty(c.q.shape, dt)
+    dk, dv = call.empty(c.k.shape, dt), call.empty(c.v.shape, dt)
+    pbuf, dsbuf = call.empty((B * H, c.length), dt), call.empty((B * H, c.length), dt)
+    _, bwd = _cuda.kernels(_cuda_factory, dt.name)
+    _cuda.launch(bwd, B * H, _cuda.threads(max(c.length, hs), 2), c.q, c.k, c.v, c.length,
+                 c.scale, c.out, c.lse, g, dq, dk, dv, pbuf, dsbuf,
+                 _cuda.consts(dt, 0.0, -np.inf, 1.0))
+    return tuple(call.out(a) for a in (dq, dk, dv))
+
+
+CUDA = Kernel(NAME, "cuda", forward_cuda, backward_cuda, ("q", "k_cache", "v_cache"))
+
 # ---------------------------------------------------------------- the family
 
 def _inputs(p, dtype, rng):

@@ -21,6 +21,8 @@ backward(dy, cache) -> (dx, dweight, dbias)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import Kernel
@@ -228,6 +230,144 @@ def backward_numba(dy, cache):
 
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("x", "weight", "bias"))
+
+
+# ---------------------------------------------------------------- CUDA (numba.cuda)
+# Forward: one block per row, two block trees (mean, then the biased variance of x - mu:
+# the same two passes as the CPU versions). Backward: dx one block per row with two trees
+# (sum g, sum g xhat); dweight and dbias are column sums done without atomics: fixed chunks
+# of rows each summed in row order into a (chunks, C) partial (one thread per column), then
+# the chunks added in order, so the bits never depend on scheduling.
+
+cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
+
+
+def _cuda_factory(dtype):
+    from . import _cuda
+    block_sum, _ = _cuda.reductions()
+    st = _cuda.shared_type(dtype)
+    MAXT = _cuda.MAX_THREADS
+
+    @cuda.jit
+    def ln_fwd(x, w, b, eps, y, mean, rstd, cst):
+        sm = cuda.shared.array(MAXT, st)
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        C = x.shape[1]
+        cf = cst[1]                                        # C, in the dtype
+        s = cst[0]
+        for j in range(tid, C, nt):
+            s += x[r, j]
+        mu = block_sum(sm, s, tid, nt) / cf                # pass 1: mean
+        s = cst[0]
+        for j in range(tid, C, nt):
+            d = x[r, j] - mu
+            s += d * d
+        var = block_sum(sm, s, tid, nt) / cf               # pass 2: biased variance
+        rs = cst[2] / math.sqrt(var + eps)
+        if tid == 0:
+            mean[r] = mu
+            rstd[r] = rs
+        for j in range(tid, C, nt):                        # pass 3: y
+            y[r, j] = (x[r, j] - mu) * rs * w[j] + b[j]
+
+    @cuda.jit
+    def ln_bwd_dx(dy, x, w, mean, rstd, dx, cst):
+        sm = cuda.shared.array(MAXT, st)
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        C = x.shape[1]
+        mu = mean[r]
+        rs = rstd[r]
+        s1 = cst[0]
+        s2 = cst[0]
+        for j in range(tid, C, nt):
+            g = dy[r, j] * w[j]
+            s1 += g
+            s2 += g * ((x[r, j] - mu) * rs)
+        m1 = block_sum(sm, s1, tid, nt) / cst[1]           # (1/C) sum_k g_k
+        m2 = block_sum(sm, s2, tid, nt) / cst[1]           # (1/C) sum_k g_k xhat_k
+        for j in range(tid, C, nt):
+            dx[r, j] = rs * (dy[r, j] * w[j] - m1 - (x[r, j] - mu) * rs * m2)
+
+    @cuda.jit
+    def ln_bwd_params(dy, x, mean, rstd, pw, pb, rows_per):
+        # pw[c, j] = sum over chunk c's rows of dy xhat, pb[c, j] of dy (row order)
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        c = cuda.blockIdx.y
+        R, C = x.shape
+        if j < C:
+            sw = pw[c, j]                                  # 0 (zeroed), in the dtype
+            sb = pb[c, j]
+            for r in range(c * rows_per, min(R, (c + 1) * rows_per)):
+                g = dy[r, j]
+                sw += g * ((x[r, j] - mean[r]) * rstd[r])
+                sb += g
+            pw[c, j] = sw
+            pb[c, j] = sb
+
+    @cuda.jit
+    def ln_sum_chunks(pw, pb, dw, db):
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if j < dw.shape[0]:
+            sw = pw[0, j]
+            sb = pb[0, j]
+            for c in range(1, pw.shape[0]):
+                sw += pw[c, j]
+                sb += pb[c, j]
+            dw[j] = sw
+            db[j] = sb
+
+    return ln_fwd, ln_bwd_dx, ln_bwd_params, ln_sum_chunks
+
+
+def forward_cuda(x, weight, bias, eps=1e-5):
+    from . import _cuda
+    _check(_cuda.shadow(x), _cuda.shadow(weight), _cuda.shadow(bias), eps)
+    call = _cuda.Call(NAME, x, weight, bias)
+    xd = call.dev(x)
+    dt = xd.dtype
+    C = x.shape[-1]
+    R = x.size // C
+    w = call.dev(weight) if weight is not None else call.xp.ones(C, dt)
+    b = call.dev(bias) if bias is not None else call.xp.zeros(C, dt)
+    y = call.empty(x.shape, dt)
+    mean = call.empty(x.shape[:-1], dt)
+    rstd = call.empty(x.shape[:-1], dt)
+    fwd = _cuda.kernels(_cuda_factory, dt.name)[0]
+    _cuda.launch(fwd, R, _cuda.threads(C), xd.reshape(R, C), w, b, dt.type(eps),
+                 y.reshape(R, C), mean.reshape(R), rstd.reshape(R),
+                 _cuda.consts(dt, 0.0, C, 1.0))
+    cache = (call, xd, w, weight is not None, bias is not None, mean, rstd)
+    return call.out(y), cache
+
+
+def backward_cuda(dy, cache):
+    from . import _cuda
+    call, x, w, has_w, has_b, mean, rstd = cache
+    dt = x.dtype
+    dy = _cuda.dout(call, NAME, dy, x.shape, dt, "dy")
+    C = x.shape[-1]
+    R = x.size // C
+    _, bwd_dx, bwd_p, sum_chunks = _cuda.kernels(_cuda_factory, dt.name)
+    x2, dy2 = x.reshape(R, C), dy.reshape(R, C)
+    dx = call.empty(x.shape, dt)
+    _cuda.launch(bwd_dx, R, _cuda.threads(C), dy2, x2, w, mean.reshape(R), rstd.reshape(R),
+                 dx.reshape(R, C), _cuda.consts(dt, 0.0, C, 1.0))
+    nch = max(1, min(R, _BWD_CHUNKS))
+    rows_per = -(-R // nch) if R else 1
+    pw, pb = call.zeros((nch, C), dt), call.zeros((nch, C), dt)
+    dw, db = call.empty((C,), dt), call.empty((C,), dt)
+    nt = _cuda.threads(C, 1)
+    _cuda.launch(bwd_p, (-(-C // nt), nch), nt, dy2, x2, mean.reshape(R), rstd.reshape(R),
+                 pw, pb, rows_per)
+    _cuda.launch(sum_chunks, -(-C // nt), nt, pw, pb, dw, db)
+    return (call.out(dx), call.out(dw) if has_w else None, call.out(db) if has_b else None)
+
+
+CUDA = Kernel(NAME, "cuda", forward_cuda, backward_cuda, ("x", "weight", "bias"))
 
 # ---------------------------------------------------------------- the family
 

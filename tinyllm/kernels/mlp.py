@@ -231,6 +231,94 @@ def backward_numba(dy, cache):
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("x", "W1", "b1", "W2", "b2"))
 
+
+# ---------------------------------------------------------------- CUDA (numba.cuda)
+# The matrix products are the array module's matmul (cuBLAS through CuPy on a device, NumPy
+# under the simulator). The elementwise work is one fused numba.cuda kernel each way, one
+# thread per element of the (N, H) pre-activation, in the sigmoid form of the Numba CPU
+# version: forward a += b1, h = gelu(a); backward h = gelu(a), da = dh * gelu'(a). db1 and
+# db2 are column sums without atomics (_cuda.column_sums: fixed row chunks, in order).
+
+cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
+
+
+def _cuda_factory(dtype):
+    @cuda.jit
+    def bias_gelu_fwd(a, b1, h, cst):
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        if j < a.shape[1]:
+            s, k, one = cst[0], cst[1], cst[4]
+            u = a[r, j] + b1[j]
+            a[r, j] = u
+            h[r, j] = u / (one + math.exp(-(one + one) * s * (u + k * u * u * u)))
+
+    @cuda.jit
+    def gelu_bwd(a, dh, h, cst):
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        if j < a.shape[1]:
+            s, k, k3, one = cst[0], cst[1], cst[2], cst[4]
+            u = a[r, j]
+            u2 = u * u
+            q = one / (one + math.exp(-(one + one) * s * (u + k * u2 * u)))   # sigmoid(2y)
+            h[r, j] = u * q
+            dh[r, j] = dh[r, j] * (q + (one + one) * s * u * q * (one - q) * (one + k3 * u2))
+
+    return bias_gelu_fwd, gelu_bwd
+
+
+def _rows_grid(N, H):
+    """(grid, block) for one thread per element of an (N, H) array: rows on the grid's x
+    (up to 2^31 - 1; y stops at 65535), column blocks on its y."""
+    from . import _cuda
+    nt = _cuda.threads(H, 1)
+    return (N, -(-H // nt)), nt
+
+
+def forward_cuda(x, W1, b1, W2, b2):
+    from . import _cuda
+    _check(*map(_cuda.shadow, (x, W1, b1, W2, b2)))
+    call = _cuda.Call(NAME, x, W1, b1, W2, b2)
+    xd, W1d, b1d, W2d, b2d = map(call.dev, (x, W1, b1, W2, b2))
+    dt, xp = xd.dtype, call.xp
+    x2 = xd.reshape(-1, x.shape[-1])
+    N, H, Co = x2.shape[0], W1.shape[1], W2.shape[1]
+    a = xp.matmul(x2, W1d)                                    # (N, H)
+    h = call.empty((N, H), dt)
+    fwd, _ = _cuda.kernels(_cuda_factory, dt.name)
+    grid, nt = _rows_grid(N, H)
+    _cuda.launch(fwd, grid, nt, a, b1d if b1d is not None else xp.zeros(H, dt), h, _consts(dt))
+    y = xp.matmul(h, W2d)                                     # (N, C_out)
+    if b2d is not None:
+        y += b2d
+    cache = (call, x2, W1d, b1d is not None, W2d, b2d is not None, a, x.shape)
+    return call.out(y.reshape(x.shape[:-1] + (Co,))), cache
+
+
+def backward_cuda(dy, cache):
+    from . import _cuda
+    call, x2, W1, has_b1, W2, has_b2, a, xshape = cache
+    dt, xp = x2.dtype, call.xp
+    Co = W2.shape[1]
+    dy = _cuda.dout(call, NAME, dy, xshape[:-1] + (Co,), dt, "dy")
+    dy2 = dy.reshape(-1, Co)
+    N, H = a.shape
+    da = xp.matmul(dy2, W2.T)                                 # dh, becomes da in place
+    h = call.empty((N, H), dt)
+    _, bwd = _cuda.kernels(_cuda_factory, dt.name)
+    grid, nt = _rows_grid(N, H)
+    _cuda.launch(bwd, grid, nt, a, da, h, _consts(dt))
+    dW2 = xp.matmul(h.T, dy2)
+    db2 = _cuda.column_sums(call, dy2) if has_b2 else None
+    dW1 = xp.matmul(x2.T, da)
+    db1 = _cuda.column_sums(call, da) if has_b1 else None
+    dx = xp.matmul(da, W1.T).reshape(xshape)
+    return tuple(call.out(g) for g in (dx, dW1, db1, dW2, db2))
+
+
+CUDA = Kernel(NAME, "cuda", forward_cuda, backward_cuda, ("x", "W1", "b1", "W2", "b2"))
+
 # ---------------------------------------------------------------- the family
 
 def _inputs(p, dtype, rng):

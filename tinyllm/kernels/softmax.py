@@ -16,6 +16,8 @@ it, so the softmax is written once.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import Kernel
@@ -133,6 +135,124 @@ def backward_numba(dy, y):
 
 
 NUMBA = Kernel(NAME, "numba", forward_numba, backward_numba, ("x",))
+
+
+# ---------------------------------------------------------------- CUDA (numba.cuda)
+# One block per row, nt threads (a power of two, _cuda.threads). Thread i owns the elements
+# j = i, i + nt, ...; the first _ITEMS of them stay in registers (a constant-trip loop that
+# unrolls), so a row of up to _ITEMS * nt elements is read from memory once; longer rows
+# read the rest again. The row max and the sum are block trees in shared memory
+# (_cuda.block_max / block_sum). Backward: the same layout, dot = sum_j dy_j y_j by a tree.
+
+_ITEMS = 8
+
+
+cuda = None          # numba.cuda, set by _cuda.kernels before a factory runs
+
+
+def _cuda_factory(dtype):
+    from . import _cuda
+    block_sum, block_max = _cuda.reductions()
+    st = _cuda.shared_type(dtype)
+    MAXT, ITEMS = _cuda.MAX_THREADS, _ITEMS
+
+    @cuda.jit
+    def softmax_fwd(x, y, cst):
+        sm = cuda.shared.array(MAXT, st)
+        vals = cuda.local.array(ITEMS, st)
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        V = x.shape[1]
+        zero, ninf = cst[0], cst[1]
+        m = ninf
+        for it in range(ITEMS):                           # 1. row max (registers first)
+            j = tid + it * nt
+            v = x[r, j] if j < V else ninf
+            vals[it] = v
+            m = v if v > m else m
+        for j in range(tid + ITEMS * nt, V, nt):
+            v = x[r, j]
+            m = v if v > m else m
+        m = block_max(sm, m, tid, nt)
+        if m == ninf:
+            m = zero                                      # a fully -inf row -> all zeros
+        s = zero
+        for it in range(ITEMS):                           # 2. e = exp(x - m), its sum
+            j = tid + it * nt
+            if j < V:
+                e = math.exp(vals[it] - m)
+                vals[it] = e
+                s += e
+        for j in range(tid + ITEMS * nt, V, nt):
+            e = math.exp(x[r, j] - m)
+            y[r, j] = e
+            s += e
+        s = block_sum(sm, s, tid, nt)
+        inv = cst[2] / s if s != zero else zero           # NaN stays NaN
+        for it in range(ITEMS):                           # 3. normalise
+            j = tid + it * nt
+            if j < V:
+                y[r, j] = vals[it] * inv
+        for j in range(tid + ITEMS * nt, V, nt):
+            y[r, j] = y[r, j] * inv
+
+    @cuda.jit
+    def softmax_bwd(dy, y, dx, cst):
+        sm = cuda.shared.array(MAXT, st)
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        d = cst[0]
+        for j in range(tid, y.shape[1], nt):
+            d += dy[r, j] * y[r, j]
+        d = block_sum(sm, d, tid, nt)                     # sum_j dy_j y_j
+        for j in range(tid, y.shape[1], nt):
+            dx[r, j] = y[r, j] * (dy[r, j] - d)
+
+    return softmax_fwd, softmax_bwd
+
+
+def _cuda_consts(dtype):
+    from . import _cuda
+    return _cuda.consts(dtype, 0.0, -np.inf, 1.0)
+
+
+def forward_cuda(x, out=None):
+    from . import _cuda
+    _check(_cuda.shadow(x))
+    call = _cuda.Call(NAME, x, out)
+    xd = call.dev(x)
+    if out is not None:
+        out_buffer(NAME, _cuda.shadow(out), x.shape, xd.dtype)
+    y = call.empty(x.shape, xd.dtype) if out is None or call.host else out
+    if x.size:
+        V = x.shape[-1]
+        fwd, _ = _cuda.kernels(_cuda_factory, xd.dtype.name)
+        x2 = xd.reshape(-1, V)
+        _cuda.launch(fwd, x2.shape[0], _cuda.threads(V, _ITEMS), x2, y.reshape(x2.shape),
+                     _cuda_consts(xd.dtype))
+    if out is not None and call.host:
+        out[...] = call.out(y)
+        return out, (call, y)
+    return call.out(y), (call, y)
+
+
+def backward_cuda(dy, cache):
+    from . import _cuda
+    call, y = cache
+    dy = _cuda.dout(call, NAME, dy, y.shape, y.dtype, "dy")
+    dx = call.empty(y.shape, y.dtype)
+    if y.size:
+        V = y.shape[-1]
+        _, bwd = _cuda.kernels(_cuda_factory, y.dtype.name)
+        R = y.size // V
+        _cuda.launch(bwd, R, _cuda.threads(V), dy.reshape(R, V), y.reshape(R, V),
+                     dx.reshape(R, V), _cuda_consts(y.dtype))
+    return (call.out(dx),)
+
+
+CUDA = Kernel(NAME, "cuda", forward_cuda, backward_cuda, ("x",))
 
 # ---------------------------------------------------------------- the family
 
