@@ -18,6 +18,19 @@ then ``resume`` in a new process, then the rest, gives the same losses and the s
 (at the same thread count: the kernels split work into fixed chunks, so their sums do not
 depend on timing).
 
+Gradient accumulation (``TrainConfig.grad_accum`` = K): one optimiser step draws K micro-batches
+of B in turn and backpropagates each loss_i / K into the same ``.grad`` (zeroed once per step),
+so the step's gradient is
+
+    g = (1/K) sum_i grad L_i  =  grad of the mean loss over the K·B sequences
+
+(when every micro-batch has as many target tokens, as GPT windows do). Clipping and the
+non-finite checks see that accumulated g; the logged loss is the mean of the K losses; the
+schedule, step counts, checkpoints and tokens/s count optimiser steps (tokens: all K batches).
+One step is then one step of a K·B batch: same loss, gradient norm and update, to
+summation-order rounding. Summing the losses instead (the known pitfall) would make g K times
+too large, and clipping K times too weak.
+
 A NaN or Inf loss (or gradient norm) stops training with ``TrainingError`` before the step is
 applied; no checkpoint is written after it, so the last good one stays as it was.
 
@@ -94,9 +107,13 @@ class TrainConfig:
     stop_at: int = resumable(0, invocation=True)  # stop (as if interrupted) after this step
     progress: bool = resumable(True, invocation=True)  # tqdm bar (only on a terminal)
     sample_every: int = resumable(5)     # log a sample every this many validations; 0 = never
+    # micro-batches of batch_size per optimiser step (their gradients averaged). Not
+    # resumable: it is part of what one step means (its effective batch, K draws of the
+    # batch Generator), so a resumed run that changed it would match no uninterrupted run.
+    grad_accum: int = 1
 
     def __post_init__(self):
-        for f in ("max_steps", "eval_every", "eval_batches", "log_every"):
+        for f in ("max_steps", "eval_every", "eval_batches", "log_every", "grad_accum"):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig: {f} must be a positive integer, got {v!r}")
@@ -145,6 +162,7 @@ class TrainResult:
     #                                  (an interrupt raises KeyboardInterrupt instead)
     seconds: float = 0.0
     tokens: int = 0
+    grad_norms: list = field(default_factory=list)    # (step, norm before clipping)
 
 
 def model_rngs(model) -> dict:
@@ -296,13 +314,7 @@ class Trainer:
                 # an interrupt before the update can put the step back
                 self._snap = [(g, rng_state(g)) for g in gens]
                 self._phase = "forward"
-                x, y = self.train_batch(self.rng)
-                _, loss = self.model(x, y)
-                lv = float(loss.data)
-                if not math.isfinite(lv):
-                    raise TrainingError(self._diverged(f"the loss is {lv}"))
-                self.opt.zero_grad()
-                loss.backward()
+                lv, ntok = self._gradients()
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 norm = (optim.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0
                         else optim.grad_norm(params))
@@ -315,9 +327,10 @@ class Trainer:
                 self.step += 1
                 self._phase = "boundary"
                 self._last_lr = lr
-                res.tokens += int(np.size(x))
+                res.tokens += ntok
                 res.losses.append((self.step, lv))
-                self._iv["tokens"] += int(np.size(x))
+                res.grad_norms.append((self.step, norm))
+                self._iv["tokens"] += ntok
                 self._iv["losses"].append(lv)
                 if bar is not None:
                     el = time.perf_counter() - t0
@@ -357,6 +370,28 @@ class Trainer:
         if self.out_dir:
             self.plot(os.path.join(self.out_dir, "loss.png"))
         return res
+
+    def _gradients(self):
+        """One optimiser step's gradient, accumulated into ``.grad``: K = grad_accum
+        micro-batches, each drawn by ``train_batch(self.rng)`` in turn, each backward seeded
+        with 1/K (the gradient of loss_i / K), so .grad ends as the mean of the K gradients,
+        the gradient of the mean loss over K·B sequences when every micro-batch has as many
+        target tokens. Returns (the mean of the K losses, the tokens the K batches hold)."""
+        K = self.cfg.grad_accum
+        self.opt.zero_grad()             # once per optimiser step; backward adds to .grad
+        total, ntok = 0.0, 0
+        for _ in range(K):
+            x, y = self.train_batch(self.rng)
+            _, loss = self.model(x, y)
+            lv = float(loss.data)
+            if not math.isfinite(lv):
+                raise TrainingError(self._diverged(f"the loss is {lv}"))
+            # d(loss/K)/d(loss) = 1/K: exact for K a power of two, so then each
+            # micro-batch's gradient is its batch's gradient scaled without rounding
+            loss.backward(np.full(loss.shape, 1.0 / K, loss.dtype))
+            total += lv
+            ntok += int(np.size(x))
+        return total / K, ntok
 
     def _make_bar(self):
         """A tqdm bar on a terminal (None when progress is off); it stays on screen."""
