@@ -31,6 +31,12 @@ One step is then one step of a K·B batch: same loss, gradient norm and update, 
 summation-order rounding. Summing the losses instead (the known pitfall) would make g K times
 too large, and clipping K times too weak.
 
+Data-parallel (``TrainConfig.distributed``, under ``mpiexec -n N``; ``tinyllm.train.distributed``
+has the math): every rank draws the same global batch and keeps its B/N rows, the backward is
+seeded 1/(K·N), one all-reduce per gradient bucket sums the ranks' gradients, and clipping and
+the step follow on every rank alike. Rank 0 alone logs and writes files. N ranks x K
+micro-batches of B/N rows = one process with K micro-batches of B = one batch of K·B.
+
 A NaN or Inf loss (or gradient norm) stops training with ``TrainingError`` before the step is
 applied; no checkpoint is written after it, so the last good one stays as it was.
 
