@@ -443,7 +443,10 @@ class Trainer:
         micro-batches, each drawn by ``train_batch(self.rng)`` in turn, each backward seeded
         with 1/K (the gradient of loss_i / K), so .grad ends as the mean of the K gradients,
         the gradient of the mean loss over K·B sequences when every micro-batch has as many
-        target tokens. Returns (the mean of the K losses, the tokens the K batches hold)."""
+        target tokens. Distributed over N ranks: each rank keeps its B/N rows of every
+        micro-batch, the seed is 1/(K·N), and the all-reduce (a sum) makes .grad the mean
+        over the ranks too. Returns (the mean of the K (·N) losses, the tokens the K
+        batches hold, all ranks' together)."""
         K, N = self.cfg.grad_accum, self.world
         self.opt.zero_grad()             # once per optimiser step; backward adds to .grad
         total, ntok = 0.0, 0
