@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--stop_at", type=int, default=0)
+    ap.add_argument("--join", action="store_true", help="one batch of accum x batch rows (the "
+                    "accum draws concatenated) a step instead of accum micro-batches")
     ap.add_argument("--fail_rank", type=int, default=-1)
     ap.add_argument("--fail_step", type=int, default=0)
     ap.add_argument("--die", action="store_true", help="the failing rank is killed (SIGKILL) "
@@ -54,11 +56,15 @@ def main():
             if a.die:
                 os.kill(os.getpid(), 9)
             raise RuntimeError("planted failure")
+        if a.join:
+            xs, ys = zip(*[get_batch(DATA, a.batch, T, rng) for _ in range(a.accum)])
+            return np.concatenate(xs), np.concatenate(ys)
         return get_batch(DATA, a.batch, T, rng)
 
     cfg = TrainConfig(max_steps=a.steps, lr=1e-2, warmup_steps=1, grad_clip=0.5, eval_every=2,
-                      eval_batches=2, log_every=1, progress=False, grad_accum=a.accum,
-                      distributed=a.distributed, bucket_mb=0.01, stop_at=a.stop_at)    # several buckets
+                      eval_batches=2, log_every=1, progress=False,
+                      grad_accum=1 if a.join else a.accum, distributed=a.distributed,
+                      bucket_mb=0.01, stop_at=a.stop_at)    # bucket_mb: several buckets
     t = Trainer(model, train_batch, lambda rng: get_batch(DATA, 4, T, rng), cfg,
                 out_dir=a.out, log=print)
     if a.resume:
@@ -70,8 +76,8 @@ def main():
         h.update(k.encode())
         h.update(np.ascontiguousarray(state[k]).tobytes())
     with open(f"{a.result}.rank{t.rank}.json", "w") as f:
-        json.dump({"losses": r.losses, "val": r.val_losses, "norms": r.grad_norms, "hash": h.hexdigest(),
-                   "world": t.world, "steps": r.steps,
+        json.dump({"losses": r.losses, "val": r.val_losses, "norms": r.grad_norms,
+                   "hash": h.hexdigest(), "world": t.world, "steps": r.steps,
                    "allreduce_calls": t.dist.calls if t.dist else 0}, f)
     if t.rank == 0:
         np.savez(f"{a.result}.npz", **state)

@@ -1,10 +1,11 @@
 """Data-parallel training over MPI (issue 16), run as real jobs: ``mpiexec -n 2`` of
 tests/_dist_run.py (a small GPT through the Trainer), each under a time limit.
 
-- 2 ranks x B/2 rows equal 1 process x B rows, with gradient accumulation (K = 2) on both:
-  losses, validation losses and weights, in float64, to 1e-10 relative (only the order of
-  the rows' sums differs: per rank, then across ranks), and the two ranks' weights bitwise
-  equal;
+- 2 ranks x B/2 rows equal 1 process x B rows, with gradient accumulation (K = 2) on both,
+  and equal 1 process with one batch of 2·B rows (N ranks x K micro-batches x B/N = N·K·B):
+  losses, gradient norms, validation losses and weights, in float64, to 1e-10 relative
+  (only the order of the rows' sums differs: per rank, then across ranks), and the two
+  ranks' weights bitwise equal;
 - a planted failure on rank 1 stops the job within the time limit with a message naming rank
   1; the checkpoint rank 0 wrote last is intact, and ``--resume`` from it ends bitwise where
   an uninterrupted 2-rank run ends (losses of the whole run, weights): the same N gives the
@@ -109,6 +110,16 @@ def test_two_ranks_equal_one_process(straight, tmp_path):
     for k in w1.files:
         np.testing.assert_allclose(w2[k], w1[k], rtol=1e-10, atol=1e-12, err_msg=k)
     assert two["allreduce_calls"] > 6            # bucket_mb=0.01: several buckets a step
+    # and one process with one batch of N·K·B = 8 rows a step (the 2 draws concatenated)
+    rc, out = job(COMMON + ["--result", str(tmp_path / "j"), "--join"], ranks=0)
+    assert rc == 0, out
+    joined = result(tmp_path / "j")
+    for key in ("losses", "norms", "val"):
+        np.testing.assert_allclose([v for _, v in two[key]], [v for _, v in joined[key]],
+                                   rtol=1e-10, err_msg=key)
+    wj = np.load(tmp_path / "j.npz")
+    for k in w1.files:
+        np.testing.assert_allclose(w2[k], wj[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
 
 @needs_mpi
