@@ -3,11 +3,12 @@
 Measured (this machine, 2 cores):
   - GPT config A (the "small" preset: 4 layers, 4 heads, 128 wide, block 128, batch 16,
     char-level on the embedded corpus) trained by the Trainer as 2 ranks x 1 thread
-    (``mpiexec -n 2``, batch 8 a rank) against 1 rank x 2 threads, in alternating rounds
-    (2x1, 1x2, then 1x2, 2x1, ...): tokens/s, and per step the time spent in the gradient
-    all-reduces (which includes waiting for the slower rank) and the bytes all-reduced;
+    (``mpiexec -n 2``, batch 8 a rank) against 1 rank x 2 threads, and 1 rank x 1 thread
+    for reference, in rounds whose order rotates (2x1, 1x2, 1x1, then 1x2, 1x1, 2x1, ...):
+    tokens/s, and per step the time spent in the gradient all-reduces (which includes
+    waiting for the slower rank) and the bytes all-reduced;
   - the all-reduce alone between 2 ranks (shared memory here) for message sizes from 8 B to
-    8 MiB: a fit t(bytes) = alpha + bytes / bandwidth.
+    8 MiB: alpha = the fastest 8-byte time, bandwidth = 8 MiB / (its fastest time - alpha).
 
 Cost model (printed, and written to the JSON): one optimiser step on N machines, each with
 the configuration's batch (weak scaling: the global batch grows with N),
@@ -156,6 +157,8 @@ def main():
     ap.add_argument("--warm", type=int, default=2)
     ap.add_argument("--bucket_mb", type=float, default=25.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--from-json", default=None, help="recompute the fit and the cost model "
+                    "from a JSON this script wrote (no runs)")
     ap.add_argument("--worker", choices=("train", "pingpong"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--distributed", action="store_true")
@@ -164,6 +167,10 @@ def main():
         return worker_train(args)
     if args.worker == "pingpong":
         return worker_pingpong(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            d = json.load(f)
+        return report(d["measured"], d["rounds"], d["allreduce_alone"], args.json)
 
     exe = mpiexec()
     me = [sys.executable, os.path.abspath(__file__), "--steps", str(args.steps), "--warm",
@@ -171,13 +178,14 @@ def main():
     layouts = {"2 ranks x 1 thread": ([exe, "-n", "2"] + me + ["--worker", "train",
                                                                "--threads", "1",
                                                                "--distributed"], 1),
-               "1 rank x 2 threads": (me + ["--worker", "train", "--threads", "2"], 2)}
+               "1 rank x 2 threads": (me + ["--worker", "train", "--threads", "2"], 2),
+               "1 rank x 1 thread": (me + ["--worker", "train", "--threads", "1"], 1)}
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; config A, "
           f"{args.rounds} rounds of {args.steps} steps (after {args.warm} warm-up) a layout")
     rows = {k: [] for k in layouts}
     names = list(layouts)
     for r in range(args.rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names[r % len(names):] + names[:r % len(names)]:   # rotated
             cmd, threads = layouts[name]
             res = run_json(cmd, threads)
             rows[name].append(res)
@@ -191,21 +199,27 @@ def main():
                                    "allreduce_bytes_per_step", "allreduce_calls_per_step")}
     two, one = summary["2 ranks x 1 thread"], summary["1 rank x 2 threads"]
     print(f"\nmedians: 2x1 {two['tokens_per_s']:,.0f} tokens/s against 1x2 "
-          f"{one['tokens_per_s']:,.0f}: ratio {two['tokens_per_s'] / one['tokens_per_s']:.2f}; "
+          f"{one['tokens_per_s']:,.0f}: ratio {two['tokens_per_s'] / one['tokens_per_s']:.2f} "
+          f"(1x1: {summary['1 rank x 1 thread']['tokens_per_s']:,.0f}); "
           f"all-reduce {two['allreduce_s_per_step'] * 1e3:.1f} ms of "
           f"{two['step_s'] * 1e3:.0f} ms a step "
           f"({two['allreduce_bytes_per_step'] / 2 ** 20:.2f} MiB in "
           f"{two['allreduce_calls_per_step']:.0f} calls)")
 
     pp = run_json([exe, "-n", "2"] + me + ["--worker", "pingpong"], 1)["allreduce"]
-    x = np.array([b for b, _, _ in pp], float)
-    y = np.array([t for _, _, t in pp], float)
-    beta, alpha = np.polyfit(x, y, 1)
-    alpha = max(float(alpha), float(y[0]) * 0.5)     # a negative intercept: half the 8 B time
-    bw = 1.0 / float(beta)
+    report(summary, rows, pp, args.json)
+
+
+def report(summary, rows, pp, json_path=None):
+    """The all-reduce fit and the cost model from the measurements (also ``--from-json``)."""
+    two = summary["2 ranks x 1 thread"]
+    # alpha: the fastest 8-byte all-reduce; bandwidth: the largest message's bytes over its
+    # fastest time less alpha (a least-squares line lets one slow size move the intercept)
+    alpha = float(pp[0][2])
+    bw = float(pp[-1][0]) / max(float(pp[-1][2]) - alpha, 1e-12)
     print("all-reduce alone, 2 ranks (median / fastest): " + ", ".join(
         f"{b} B {t * 1e6:.0f}/{m * 1e6:.0f} us" for b, t, m in pp))
-    print(f"fit to the fastest: alpha {alpha * 1e6:.1f} us, bandwidth {bw / 1e9:.2f} GB/s")
+    print(f"from the fastest: alpha {alpha * 1e6:.1f} us, bandwidth {bw / 1e9:.2f} GB/s")
 
     first = rows["2 ranks x 1 thread"][0]
     params_a, vocab = first["params"], first["vocab"]
@@ -233,13 +247,13 @@ def main():
         for sname, ms in pc["scenarios"].items():
             print(f"  {sname:<40}" + "  ".join(f"N={m['N']}: {m['efficiency'] * 100:3.0f}%"
                                                for m in ms[1:]))
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"measured": summary, "rounds": rows, "allreduce_alone": pp,
                        "fit": {"alpha_s": alpha, "bandwidth_Bps": bw},
                        "predicted": pred, "cpus": os.cpu_count(),
                        "python": platform.python_version()}, f, indent=1)
-        print(f"wrote {args.json}")
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":
