@@ -188,3 +188,12 @@ def test_without_mpi4py_distributed_is_one_line_exit_2(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and 'pip install -e ".[mpi]"' in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_mpiexec_without_distributed_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")                     # what MPICH's mpiexec sets
+    assert cli.main(["train", "--model", "gpt", "--config", "tiny", "--out",
+                     str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pass --distributed" in err, err
+    assert not (tmp_path / "r").exists()

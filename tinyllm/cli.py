@@ -189,6 +189,10 @@ def cmd_train(args) -> int:
                              resume_changes, resume_preset, rnn_trainer, unigram_baseline)
     runtime.configure(keep_freed_memory=True)
     rank, agree = 0, (lambda fn: fn())
+    launched = max(int(os.environ.get(v, "1") or 1) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    if launched > 1 and not args.distributed:   # N separate runs would share one --out
+        raise UsageError(f"started by mpiexec as {launched} processes: pass --distributed "
+                         f"(or run one process)")
     if args.distributed:                 # mpiexec -n N tinyllm train ... --distributed
         from .train.distributed import DistributedError, MPIGroup
         try:
@@ -210,6 +214,10 @@ def cmd_train(args) -> int:
         raise UsageError(str(e)) from None
     if args.distributed:
         p = p.replace(distributed=True)
+        if p.data.batch_size % group.world:          # every rank says it: no rank waits
+            raise UsageError(f"--distributed: batch_size {p.data.batch_size} is the global "
+                             f"batch and the {group.world} ranks must share it equally; "
+                             f"choose a multiple of {group.world}")
     if args.data:
         try:
             load_corpus(args.data)
