@@ -189,6 +189,22 @@ def cmd_train(args) -> int:
     from .train.runs import (SettingsError, gpt_trainer, make_preset, prepare_run_folder,
                              resume_changes, resume_preset, rnn_trainer, unigram_baseline)
     runtime.configure(keep_freed_memory=True)
+    rank, agree = 0, (lambda fn: fn())
+    launched = max(int(os.environ.get(v, "1") or 1) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    if launched > 1 and not args.distributed:   # N separate runs would share one --out
+        raise UsageError(f"started by mpiexec as {launched} processes: pass --distributed "
+                         f"(or run one process)")
+    if args.distributed:                 # mpiexec -n N tinyllm train ... --distributed
+        from .train.distributed import DistributedError, MPIGroup
+        try:
+            group = MPIGroup()
+        except DistributedError as e:
+            raise UsageError(str(e)) from None
+        rank, agree = group.rank, group.agree
+
+    def say(*a, **k):                    # rank 0 alone reports
+        if rank == 0:
+            print(*a, **k)
     if args.model == "rnn" and args.data:
         raise UsageError("--data is for --model gpt; the RNN trains on a synthetic task "
                          "(choose it with --config reversal|reversal-long|copy)")
@@ -197,6 +213,12 @@ def cmd_train(args) -> int:
         p = make_preset(args.model, preset, args.settings)
     except SettingsError as e:
         raise UsageError(str(e)) from None
+    if args.distributed:
+        p = p.replace(distributed=True)
+        if p.data.batch_size % group.world:          # every rank says it: no rank waits
+            raise UsageError(f"--distributed: batch_size {p.data.batch_size} is the global "
+                             f"batch and the {group.world} ranks must share it equally; "
+                             f"choose a multiple of {group.world}")
     if args.data:
         try:
             load_corpus(args.data)
@@ -204,11 +226,12 @@ def cmd_train(args) -> int:
             raise UsageError(str(e)) from None
     _writable_dir(args.out, "--out")
     try:
-        done = prepare_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+        done = agree(lambda: prepare_run_folder(args.out, resume=args.resume,
+                                                overwrite=args.overwrite))
     except SettingsError as e:
         raise UsageError(str(e)) from None
     if done:
-        print(done)
+        say(done)
     if args.resume:
         _, meta = checkpoint_arg(args.out, "--resume: --out")
         if meta.get("model", {}).get("type") != args.model:
@@ -221,41 +244,41 @@ def cmd_train(args) -> int:
         except SettingsError as e:
             raise UsageError(f"--resume: {e}") from None
         for line in resume_changes(saved, p):
-            print(line)
+            say(line)
         if p.train.max_steps > saved.get("max_steps", p.train.max_steps):
-            print(f"(the learning-rate schedule still ends at step {saved['max_steps']}; the "
-                  f"steps after it run at min_lr)")
+            say(f"(the learning-rate schedule still ends at step {saved['max_steps']}; the "
+                f"steps after it run at min_lr)")
     s = p.settings()
     if args.model == "gpt":
         try:
             trainer, tok, train, val = gpt_trainer(p, args.data, args.out, resume=args.resume)
         except SettingsError as e:
             raise UsageError(str(e)) from None
-        print(f"GPT {s['n_layer']}L/{s['n_head']}H/{s['n_embd']} block {s['block_size']}, "
-              f"{trainer.model.num_parameters():,} parameters, vocab {tok.vocab_size}; "
-              f"unigram baseline {unigram_baseline(train, val, tok.vocab_size):.3f} nats/token")
+        say(f"GPT {s['n_layer']}L/{s['n_head']}H/{s['n_embd']} block {s['block_size']}, "
+            f"{trainer.model.num_parameters():,} parameters, vocab {tok.vocab_size}; "
+            f"unigram baseline {unigram_baseline(train, val, tok.vocab_size):.3f} nats/token")
     else:
         trainer, task, held = rnn_trainer(p, args.out, resume=args.resume)
-        print(f"AttentionRNN ({'additive' if s['attention'] else 'no'} attention) on "
-              f"{s['task']} lengths {s['min_len']}-{s['max_len']}, "
-              f"{trainer.model.num_parameters():,} parameters")
+        say(f"AttentionRNN ({'additive' if s['attention'] else 'no'} attention) on "
+            f"{s['task']} lengths {s['min_len']}-{s['max_len']}, "
+            f"{trainer.model.num_parameters():,} parameters")
     if args.resume:
-        print(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
+        say(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
     try:
         r = trainer.fit()
     except KeyboardInterrupt:            # the trainer saved last/ and said so
-        print(f"tinyllm: interrupted; continue with: tinyllm train --model {args.model} "
-              f"--out {args.out} --resume", file=sys.stderr)
+        say(f"tinyllm: interrupted; continue with: tinyllm train --model {args.model} "
+            f"--out {args.out} --resume", file=sys.stderr)
         return 130
     last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
     bits = trainer.bits(r.best_val)
-    print(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
-          f"{r.best_val:.4f}{f' ({bits[0]:.3f} bits/{bits[1]})' if bits else ''} at step "
-          f"{r.best_step}; {r.seconds:.1f} s, {r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s")
+    say(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
+        f"{r.best_val:.4f}{f' ({bits[0]:.3f} bits/{bits[1]})' if bits else ''} at step "
+        f"{r.best_step}; {r.seconds:.1f} s, {r.tokens / max(r.seconds, 1e-9):,.0f} tokens/s")
     if args.model == "rnn":
         from .train.seq_tasks import evaluate_exact_match
-        print(f"held-out exact match {evaluate_exact_match(trainer.model, held) * 100:.1f}%")
-    print(f"checkpoints: {os.path.join(args.out, 'last')} and 'best'; metrics.jsonl, loss.png")
+        say(f"held-out exact match {evaluate_exact_match(trainer.model, held) * 100:.1f}%")
+    say(f"checkpoints: {os.path.join(args.out, 'last')} and 'best'; metrics.jsonl, loss.png")
     return 0
 
 def cmd_distill(args) -> int:
@@ -685,6 +708,10 @@ def _parser():
     tr.add_argument("--overwrite", action="store_true", help="delete the run in --out "
                     "(checkpoints, metrics.jsonl, loss.png; nothing else) and start over "
                     "(default off)")
+    tr.add_argument("--distributed", action="store_true", help="data-parallel over MPI: run "
+                    "as `mpiexec -n N tinyllm train ... --distributed`; batch_size is the "
+                    "global batch, each rank takes batch_size/N rows; needs "
+                    "pip install -e \".[mpi]\" (default off)")
     tr.set_defaults(run=cmd_train)
     ds = sub.add_parser("distill", help="train a smaller student GPT from a teacher GPT "
                         "(knowledge distillation)",

@@ -18,6 +18,25 @@ then ``resume`` in a new process, then the rest, gives the same losses and the s
 (at the same thread count: the kernels split work into fixed chunks, so their sums do not
 depend on timing).
 
+Gradient accumulation (``TrainConfig.grad_accum`` = K): one optimiser step draws K micro-batches
+of B in turn and backpropagates each loss_i / K into the same ``.grad`` (zeroed once per step),
+so the step's gradient is
+
+    g = (1/K) sum_i grad L_i  =  grad of the mean loss over the K·B sequences
+
+(when every micro-batch has as many target tokens, as GPT windows do). Clipping and the
+non-finite checks see that accumulated g; the logged loss is the mean of the K losses; the
+schedule, step counts, checkpoints and tokens/s count optimiser steps (tokens: all K batches).
+One step is then one step of a K·B batch: same loss, gradient norm and update, to
+summation-order rounding. Summing the losses instead (the known pitfall) would make g K times
+too large, and clipping K times too weak.
+
+Data-parallel (``TrainConfig.distributed``, under ``mpiexec -n N``; ``tinyllm.train.distributed``
+has the math): every rank draws the same global batch and keeps its B/N rows, the backward is
+seeded 1/(K·N), one all-reduce per gradient bucket sums the ranks' gradients, and clipping and
+the step follow on every rank alike. Rank 0 alone logs and writes files. N ranks x K
+micro-batches of B/N rows = one process with K micro-batches of B = one batch of K·B.
+
 A NaN or Inf loss (or gradient norm) stops training with ``TrainingError`` before the step is
 applied; no checkpoint is written after it, so the last good one stays as it was.
 
@@ -94,9 +113,17 @@ class TrainConfig:
     stop_at: int = resumable(0, invocation=True)  # stop (as if interrupted) after this step
     progress: bool = resumable(True, invocation=True)  # tqdm bar (only on a terminal)
     sample_every: int = resumable(5)     # log a sample every this many validations; 0 = never
+    # micro-batches of batch_size per optimiser step (their gradients averaged). Not
+    # resumable: it is part of what one step means (its effective batch, K draws of the
+    # batch Generator), so a resumed run that changed it would match no uninterrupted run.
+    grad_accum: int = 1
+    # data-parallel over MPI (tinyllm.train.distributed): run under mpiexec -n N. Per
+    # process, like the bucket size of the gradient all-reduce (MiB): neither changes the math
+    distributed: bool = resumable(False, invocation=True)
+    bucket_mb: float = resumable(25.0, invocation=True)
 
     def __post_init__(self):
-        for f in ("max_steps", "eval_every", "eval_batches", "log_every"):
+        for f in ("max_steps", "eval_every", "eval_batches", "log_every", "grad_accum"):
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig: {f} must be a positive integer, got {v!r}")
@@ -104,6 +131,10 @@ class TrainConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"TrainConfig: {f} must be a non-negative integer, got {v!r}")
+        if isinstance(self.bucket_mb, bool) or not isinstance(self.bucket_mb, (int, float)) \
+                or not math.isfinite(self.bucket_mb) or self.bucket_mb <= 0:
+            raise ValueError(f"TrainConfig: bucket_mb must be a finite number > 0, got "
+                             f"{self.bucket_mb!r}")
         for f in ("weight_decay", "grad_clip", "time_limit"):
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -145,6 +176,7 @@ class TrainResult:
     #                                  (an interrupt raises KeyboardInterrupt instead)
     seconds: float = 0.0
     tokens: int = 0
+    grad_norms: list = field(default_factory=list)    # (step, norm before clipping)
 
 
 def model_rngs(model) -> dict:
@@ -192,26 +224,46 @@ class Trainer:
         self.best_step = -1
         self.bad_evals = 0
         self._best_state = None
-        if out_dir:
+        self.dist = None                 # an MPIGroup (tinyllm.train.distributed) when
+        self.rank, self.world = 0, 1     # config.distributed
+        self._agreed = {"sigint": False, "time": False}     # the ranks' stop flags
+        if c.distributed:
+            from .distributed import MPIGroup, rank_stream
+            self.dist = MPIGroup(c.bucket_mb)
+            self.rank, self.world = self.dist.rank, self.dist.world
+            for g in model_rngs(model).values():
+                rank_stream(g, self.rank)    # the ranks' dropout masks differ
+            if self.rank:                # rank 0 alone logs, samples and writes files
+                self.log, self.sample = (lambda *a, **k: None), None
+        if out_dir and self.rank == 0:
             os.makedirs(out_dir, exist_ok=True)
 
     # ------------------------------------------------------------ checkpoints
     def _meta(self) -> dict:
+        mine = {k: rng_state(g) for k, g in model_rngs(self.model).items()}
+        rng = {"batches": rng_state(self.rng), "model": mine}
+        if self.dist is not None:        # every rank's dropout streams, gathered on rank 0
+            rng["model_by_rank"] = self.dist.gather(mine)
         return dict(self.meta, step=self.step, train_config=asdict(self.cfg),
                     optimizer=self.opt.state_dict()["meta"],
-                    scheduler=self.sched.state_dict(),
-                    rng={"batches": rng_state(self.rng),
-                         "model": {k: rng_state(g) for k, g in model_rngs(self.model).items()}},
+                    scheduler=self.sched.state_dict(), rng=rng,
                     data={"position": "random windows: the batch Generator's state",
                           "step": self.step},
                     early_stopping={"best_val": _json_float(self.best_val),
                                     "best_step": self.best_step, "bad_evals": self.bad_evals})
 
     def save(self, name: str) -> str | None:
+        """Write the checkpoint ``name`` (rank 0; distributed, every rank must call it)."""
         if not self.out_dir:
             return None
-        return save_checkpoint(self.out_dir, name, self.model.state_dict(),
-                               self.opt.state_dict()["arrays"], self._meta())
+        meta = self._meta()
+        path = None
+        if self.rank == 0:
+            path = save_checkpoint(self.out_dir, name, self.model.state_dict(),
+                                   self.opt.state_dict()["arrays"], meta)
+        if self.dist is not None:        # no rank goes on (and perhaps fails) before the
+            self.dist.barrier()          # checkpoint is complete: "last" is this step's
+        return path
 
     def resume(self, path: str) -> "Trainer":
         """Restore everything from the checkpoint at ``path`` (a run folder or a checkpoint
@@ -225,6 +277,16 @@ class Trainer:
         for k, st in meta["rng"].get("model", {}).items():
             if k in gens:
                 set_rng_state(gens[k], st)
+        if self.dist is not None:
+            from .distributed import rank_stream
+            by_rank = meta["rng"].get("model_by_rank")
+            if by_rank is not None and len(by_rank) == self.world:
+                for k, st in by_rank[self.rank].items():
+                    if k in gens:
+                        set_rng_state(gens[k], st)
+            else:                        # another N: rank 0's streams, jumped (not bitwise)
+                for g in gens.values():
+                    rank_stream(g, self.rank)
         self.step = int(meta["step"])
         es = meta.get("early_stopping", {})
         self.best_val = _from_json_float(es.get("best_val"))
@@ -237,7 +299,8 @@ class Trainer:
 
     # ------------------------------------------------------------ metrics
     def _metrics_path(self):
-        return os.path.join(self.out_dir, "metrics.jsonl") if self.out_dir else None
+        return (os.path.join(self.out_dir, "metrics.jsonl") if self.out_dir and self.rank == 0
+                else None)
 
     def _write_metric(self, rec: dict) -> None:
         path = self._metrics_path()
@@ -257,7 +320,8 @@ class Trainer:
             f.writelines(keep)
 
     def evaluate(self) -> float:
-        """Mean loss over ``eval_batches`` validation batches (the same ones every time)."""
+        """Mean loss over ``eval_batches`` validation batches (the same ones every time).
+        Distributed, rank r evaluates batches r, r + N, ... and the sum is all-reduced."""
         if self.val_batch is None:
             return math.nan
         rng = np.random.default_rng(self.cfg.seed + 1_000_003)
@@ -265,11 +329,15 @@ class Trainer:
         self.model.eval()
         total = 0.0
         with no_grad():
-            for _ in range(self.cfg.eval_batches):
-                x, y = self.val_batch(rng)
+            for i in range(self.cfg.eval_batches):
+                x, y = self.val_batch(rng)       # every rank draws every batch
+                if i % self.world != self.rank:
+                    continue
                 _, loss = self.model(x, y)
                 total += float(loss.data)
         self.model.train(was)
+        if self.dist is not None:
+            total = self.dist.sum(total)
         return total / self.cfg.eval_batches
 
     # ------------------------------------------------------------ the loop
@@ -281,28 +349,30 @@ class Trainer:
         if self.step == 0 and not self._resumed:
             self._truncate_metrics(0)    # a fresh run: an old metrics.jsonl is not joined
         self._bar = bar = self._make_bar()
-        t0 = time.perf_counter()
+        self._t0 = t0 = time.perf_counter()
         self._interval_start()
         self.model.train()
         self._sigint = False
         self._phase = "boundary"         # boundary | forward (undoable) | update (not)
+        self._agreed = {"sigint": False, "time": False}
         gens = [self.rng] + list(model_rngs(self.model).values())
+        if self.dist is not None:
+            self.dist.broadcast_parameters(list(self.model.parameters()))
+            import socket
+            who = self.dist.gather((os.getpid(), socket.gethostname()))
+            if self.rank == 0:           # mpiexec names a rank that dies by its pid
+                self._emit(f"distributed: {self.world} ranks: " + ", ".join(
+                    f"rank {r} pid {pid} on {host}" for r, (pid, host) in enumerate(who)))
         restore = self._catch_sigint()
         try:
             while self.step < c.max_steps:
-                if self._sigint:
+                if self._sigint if self.dist is None else self._agreed["sigint"]:
                     raise KeyboardInterrupt
                 # the batch and dropout Generators move from here: keep their states, so
                 # an interrupt before the update can put the step back
                 self._snap = [(g, rng_state(g)) for g in gens]
                 self._phase = "forward"
-                x, y = self.train_batch(self.rng)
-                _, loss = self.model(x, y)
-                lv = float(loss.data)
-                if not math.isfinite(lv):
-                    raise TrainingError(self._diverged(f"the loss is {lv}"))
-                self.opt.zero_grad()
-                loss.backward()
+                lv, ntok = self._gradients()
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 norm = (optim.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0
                         else optim.grad_norm(params))
@@ -315,9 +385,10 @@ class Trainer:
                 self.step += 1
                 self._phase = "boundary"
                 self._last_lr = lr
-                res.tokens += int(np.size(x))
+                res.tokens += ntok
                 res.losses.append((self.step, lv))
-                self._iv["tokens"] += int(np.size(x))
+                res.grad_norms.append((self.step, norm))
+                self._iv["tokens"] += ntok
                 self._iv["losses"].append(lv)
                 if bar is not None:
                     el = time.perf_counter() - t0
@@ -337,10 +408,19 @@ class Trainer:
                 if stop:
                     res.stopped = stop
                     break
-            if self._sigint:             # Ctrl-C during the last validation
+            if self._sigint and self.dist is None:   # Ctrl-C during the last validation
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
+            if self.dist is not None and self._phase != "boundary":
+                self._abort("interrupted inside a step (the ranks agree on a Ctrl-C only at "
+                            "a step boundary)")
             self._on_interrupt()
+            raise
+        except TrainingError:            # every rank raises it at the same step
+            raise
+        except Exception as e:
+            if self.dist is not None:    # one rank failing: stop them all, no hang
+                self._abort(f"{type(e).__name__}: {e}")
             raise
         finally:
             restore()
@@ -358,9 +438,54 @@ class Trainer:
             self.plot(os.path.join(self.out_dir, "loss.png"))
         return res
 
+    def _gradients(self):
+        """One optimiser step's gradient, accumulated into ``.grad``: K = grad_accum
+        micro-batches, each drawn by ``train_batch(self.rng)`` in turn, each backward seeded
+        with 1/K (the gradient of loss_i / K), so .grad ends as the mean of the K gradients,
+        the gradient of the mean loss over K·B sequences when every micro-batch has as many
+        target tokens. Distributed over N ranks: each rank keeps its B/N rows of every
+        micro-batch, the seed is 1/(K·N), and the all-reduce (a sum) makes .grad the mean
+        over the ranks too. Returns (the mean of the K (·N) losses, the tokens the K
+        batches hold, all ranks' together)."""
+        K, N = self.cfg.grad_accum, self.world
+        self.opt.zero_grad()             # once per optimiser step; backward adds to .grad
+        total, ntok = 0.0, 0
+        for _ in range(K):
+            x, y = self.train_batch(self.rng)
+            ntok += int(np.size(x))      # distributed: the global batch's tokens
+            if self.dist is not None:    # every rank drew the same batch: keep my rows
+                from .distributed import shard
+                x, y = shard(x, self.rank, N), shard(y, self.rank, N)
+            _, loss = self.model(x, y)
+            lv = float(loss.data)
+            if not math.isfinite(lv) and self.dist is None:   # (distributed: below, agreed)
+                raise TrainingError(self._diverged(f"the loss is {lv}"))
+            # d(loss/(K·N))/d(loss) = 1/(K·N): exact for K and N powers of two, so then each
+            # micro-batch's gradient is its batch's gradient scaled without rounding
+            loss.backward(np.full(loss.shape, 1.0 / (K * N), loss.dtype))
+            total += lv
+        if self.dist is not None:        # the sum over the ranks: the average gradient
+            c = self.cfg
+            late = (self.rank == 0 and c.time_limit > 0
+                    and time.perf_counter() - self._t0 >= c.time_limit)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            total, sig, late = self.dist.allreduce_gradients(
+                params, [total, float(self._sigint), float(late)])
+            self._agreed = {"sigint": sig > 0, "time": late > 0}
+            if not math.isfinite(total):
+                raise TrainingError(self._diverged(f"the loss is {total / (K * N)} (the mean "
+                                                   f"over the {N} ranks)"))
+        return total / (K * N), ntok
+
+    def _abort(self, what: str) -> None:
+        """Distributed: say which rank failed and end every rank (MPI_Abort)."""
+        self.dist.abort(f"tinyllm: rank {self.rank} of {self.world} failed at step "
+                        f"{self.step + 1}: {what}; stopping all ranks (the last checkpoint "
+                        f"rank 0 wrote is intact: --resume continues from it)")
+
     def _make_bar(self):
         """A tqdm bar on a terminal (None when progress is off); it stays on screen."""
-        if not self.cfg.progress:
+        if not self.cfg.progress or self.rank:
             return None
         try:
             from tqdm import tqdm
@@ -422,8 +547,9 @@ class Trainer:
         c = self.cfg
         if c.stop_at and self.step >= c.stop_at and self.step < c.max_steps:
             return "stop_at"
-        if c.time_limit and time.perf_counter() - t0 >= c.time_limit \
-                and self.step < c.max_steps:
+        late = (self._agreed["time"] if self.dist is not None     # rank 0's clock decides
+                else time.perf_counter() - t0 >= c.time_limit)
+        if c.time_limit and late and self.step < c.max_steps:
             return "time_limit"
         return None
 
