@@ -301,3 +301,70 @@ def test_bad_input(target):
         PromptLookupDraft(ngram=0)
     out, st = speculative_decode(target, target, np.array([1, 2]), 0)
     assert out.tolist() == [1, 2] and st.rounds == 0              # 1-D in, 1-D out
+
+
+# ------------------------------------------------------------------ the command line
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Checkpoints written by tl.save (no training: the tests need tokens, not quality): a
+    target over the tiny runs' text, a smaller draft over the same tokenizer, and a draft
+    over another text (a different vocabulary)."""
+    from _tiny_runs import TEXT
+    from tinyllm.data import CharTokenizer
+    d = tmp_path_factory.mktemp("spec")
+    tok = CharTokenizer(TEXT)
+    cfg = dict(vocab_size=tok.vocab_size, block_size=32, n_head=2)
+    tl.save(GPT(GPTConfig(n_layer=2, n_embd=32, **cfg), seed=1), str(d / "target"), tok)
+    tl.save(GPT(GPTConfig(n_layer=1, n_embd=16, **cfg), seed=2), str(d / "draft"), tok)
+    other = CharTokenizer("0123456789 xyz")
+    tl.save(GPT(GPTConfig(vocab_size=other.vocab_size, block_size=32, n_layer=1, n_head=2,
+                          n_embd=16)), str(d / "other"), other)
+    return d / "target", d / "draft", d / "other"
+
+
+def _cli(capsys, *argv):
+    from tinyllm import cli
+    code = cli.main(["generate", *argv])
+    return code, capsys.readouterr()
+
+
+def test_cli_speculative_with_a_draft_and_prompt_lookup(runs, capsys):
+    run, draft, _ = runs
+    base = ["--checkpoint", str(run), "--prompt", "it was the", "--max-new-tokens", "40",
+            "--temperature", "0"]
+    code, cap = _cli(capsys, *base, "--draft", str(run), "--k", "3")   # itself: all accepted
+    assert code == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert lines[0].startswith("it was the")
+    assert "acceptance 100.0%" in lines[-2] and "k=3" in lines[-2]
+    assert "4.00 tokens per target call" in lines[-2]        # 40 tokens, 10 rounds of 3 + 1
+    assert lines[-1].startswith("speed-up ") and "identical to plain decoding: yes" in lines[-1]
+    code, cap = _cli(capsys, *base, "--draft", str(draft))
+    assert code == 0, cap.err
+    assert "k=4" in cap.out and "identical to plain decoding: yes" in cap.out
+    code, cap = _cli(capsys, *base, "--prompt-lookup")
+    assert code == 0, cap.err
+    assert "prompt lookup (3-gram), k=4" in cap.out and "identical to plain decoding: yes" \
+        in cap.out
+    code, cap = _cli(capsys, "--checkpoint", str(run), "--prompt", "it was", "--prompt-lookup",
+                     "2", "--k", "2", "--max-new-tokens", "10", "--temperature", "0.8")
+    assert code == 0 and "the target's distribution" in cap.out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--draft", "DRAFT", "--k", "0"], "--k must be at least 1"),
+    (["--draft", "DRAFT", "--prompt-lookup"], "give one of them"),
+    (["--k", "2"], "needs --draft or --prompt-lookup"),
+    (["--prompt-lookup", "0"], "--prompt-lookup N must be at least 1"),
+    (["--draft", "OTHER"], "--draft: its vocabulary has"),
+    (["--draft", "DRAFT", "--beam", "2"], "decodes one sample"),
+    (["--draft", "NOWHERE"], "--draft"),
+])
+def test_cli_speculative_bad_input(runs, capsys, extra, message):
+    run, draft, other = runs
+    names = {"DRAFT": str(draft), "OTHER": str(other), "NOWHERE": str(draft) + "-missing"}
+    code, cap = _cli(capsys, "--checkpoint", str(run), "--prompt", "it was",
+                     *[names.get(e, e) for e in extra])
+    assert code == 2
+    assert message in cap.err and len(cap.err.strip().splitlines()) == 1
