@@ -368,3 +368,18 @@ def test_cli_speculative_bad_input(runs, capsys, extra, message):
                      *[names.get(e, e) for e in extra])
     assert code == 2
     assert message in cap.err and len(cap.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("keep_embeddings", [True, False])
+def test_extend_on_a_quantised_model(keep_embeddings):
+    """int8 weights (and the tied table too): the chunk path runs the quantised kernels."""
+    from tinyllm.compress import compress
+    base = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32), seed=3)
+    q = compress(base, "int8", keep_embeddings=keep_embeddings)
+    toks = np.random.default_rng(8).integers(0, V, (2, 20))
+    ref = token_by_token(q, toks)
+    cache = q.new_kv_cache(2)
+    got = np.concatenate([q.extend(toks[:, i:i + 3], cache) for i in range(0, 20, 3)], 1)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    out, _ = speculative_decode(q, PromptLookupDraft(), toks[:1, :6], 12, k=3)
+    np.testing.assert_array_equal(out, tl.infer.generate(q, toks[:1, :6], 12, temperature=0))
