@@ -185,7 +185,10 @@ def test_prompt_lookup_finds_the_last_earlier_occurrence():
     d = PromptLookupDraft(ngram=3)
     ctx = np.array([5, 1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 4, 1, 2, 3])
     np.testing.assert_array_equal(d.lookup(ctx, 3), [7, 8, 4])       # the later match wins
-    np.testing.assert_array_equal(d.lookup(ctx, 10), [7, 8, 4, 1, 2, 3])  # runs to the end
+    # k = 10: the last occurrence has 6 tokens after it, the one before has 10
+    np.testing.assert_array_equal(d.lookup(ctx, 10), [9, 9, 1, 2, 3, 7, 8, 4, 1, 2])
+    # inside a run no occurrence has k tokens after it: the earliest, the longest
+    np.testing.assert_array_equal(d.lookup(np.array([4, 0, 0, 0, 0, 0]), 3), [0, 0])
     np.testing.assert_array_equal(d.lookup(np.array([4, 6, 0, 6]), 2), [0, 6])  # 1-gram
     assert d.lookup(np.array([1, 2, 3, 4]), 3).size == 0                   # nothing matches
     assert PromptLookupDraft(3, min_ngram=2).lookup(np.array([4, 6, 0, 6]), 2).size == 0

@@ -278,7 +278,9 @@ class _ModelDraft:
 class PromptLookupDraft:
     """A nearly free draft: find the last earlier occurrence of the context's final n-gram
     and propose the k tokens that followed it (n = ``ngram``, down to ``min_ngram`` when the
-    longer one never occurred before; nothing when none did). Its proposals are
+    longer one never occurred before; nothing when none did). When the last occurrence is
+    too close to the end to be followed by k tokens (inside a run of one repeated token,
+    say), the last one that is, else the earliest (the longest continuation), is taken. Its proposals are
     deterministic, q = one-hot, so the sampling rule stays exact. Best on text that repeats
     itself (code, quoting the prompt, lists)."""
 
@@ -298,7 +300,8 @@ class PromptLookupDraft:
 
     def lookup(self, context: np.ndarray, k: int) -> np.ndarray:
         """Up to k tokens that followed the last earlier occurrence of context's last
-        n-gram, for n = ngram .. min_ngram (the first n that occurs wins)."""
+        n-gram (with k tokens after it, if one has), for n = ngram .. min_ngram (the first
+        n that occurs wins)."""
         n = len(context)
         for g in range(min(self.ngram, n - 1), self.min_ngram - 1, -1):
             tail = context[n - g:]
@@ -306,7 +309,8 @@ class PromptLookupDraft:
             win = np.lib.stride_tricks.sliding_window_view(context[:n - 1], g)  # (n-g, g)
             hits = np.flatnonzero((win == tail).all(axis=1))
             if len(hits):
-                s = hits[-1] + g
+                full = hits[hits + g + k <= n]               # followed by k whole tokens
+                s = (full[-1] if len(full) else hits[0]) + g
                 return np.array(context[s:s + k], np.int64)
         return np.zeros(0, np.int64)
 
