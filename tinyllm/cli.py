@@ -714,7 +714,8 @@ def _parser():
     ge.add_argument("--prompt-lookup", type=int, nargs="?", const=3, default=None,
                     metavar="N", help="speculative decoding with a nearly free draft: the "
                     "tokens that followed the last earlier occurrence of the final N-gram "
-                    "(N 3 when not given); the same report as --draft, which it excludes")
+                    "(N 3 when not given); the same report as --draft, which it excludes "
+                    "(default: off)")
     ge.set_defaults(run=cmd_generate)
     ev = sub.add_parser("eval", help="score a checkpoint: loss, perplexity, bits per char "
                         "(GPT) or held-out exact match (RNN)")
