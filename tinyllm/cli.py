@@ -5,7 +5,9 @@ Commands:
               sequence reversal, then a small GPT on the embedded corpus, with figures
   train       train a GPT on text or the attention RNN on a synthetic task, with checkpoints
   generate    continue a prompt from a GPT checkpoint (or answer a task prompt with an RNN one):
-              sampled (streamed as it comes), several samples, or beam search
+              sampled (streamed as it comes), several samples, or beam search; or
+              speculative decoding with a draft checkpoint or prompt lookup (--draft,
+              --prompt-lookup), reporting acceptance and the speed-up
   distill     train a smaller student GPT from a trained teacher GPT (knowledge distillation)
   eval        score a checkpoint: loss, perplexity and bits per character (GPT) or exact
               match on the task's held-out split (RNN)
@@ -467,6 +469,10 @@ def cmd_generate(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    speculative = args.draft is not None or args.prompt_lookup is not None
+    if speculative and meta["model"]["type"] != "gpt":
+        raise UsageError("--draft and --prompt-lookup are for GPT checkpoints; this one is an "
+                         "RNN")
     if meta["model"]["type"] == "gpt":
         tok = extra
         try:
@@ -475,6 +481,8 @@ def cmd_generate(args) -> int:
             raise UsageError(f"--prompt: {e}") from None
         if not ids:
             raise UsageError("--prompt is empty; give at least one character")
+        if speculative:
+            return _generate_speculative(model, tok, ids, args, write)
         for k in range(args.num_samples):
             if k:
                 write(f"\n{SAMPLE_SEPARATOR}\n")
@@ -508,6 +516,60 @@ def cmd_generate(args) -> int:
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            seed=rng)
         print(task.decode(out[0].tolist()))
+    return 0
+
+
+def _speculative_draft(model, tok, args):
+    """The draft of --draft (a GPT checkpoint over the same tokenizer) or --prompt-lookup,
+    and a few words naming it."""
+    from .infer import PromptLookupDraft
+    if args.draft is None:
+        return PromptLookupDraft(ngram=args.prompt_lookup), \
+            f"prompt lookup ({args.prompt_lookup}-gram)"
+    draft, dtok, dmeta, folder = _load_model_arg(args.draft, "--draft")
+    if dmeta["model"]["type"] != "gpt":
+        raise UsageError(f"--draft: {folder} is an RNN checkpoint; the draft must be a GPT")
+    vt, vd = model.config.vocab_size, draft.config.vocab_size
+    if vd != vt:
+        raise UsageError(f"--draft: its vocabulary has {vd} tokens and the checkpoint's {vt}; "
+                         f"the draft must use the checkpoint's tokenizer")
+    to_dict = getattr(tok, "to_dict", None)
+    if to_dict is not None and callable(getattr(dtok, "to_dict", None)) \
+            and dtok.to_dict() != to_dict():
+        raise UsageError("--draft: its tokenizer differs from the checkpoint's (same size, "
+                         "different tokens); the draft must use the checkpoint's tokenizer")
+    return draft, f"draft {folder}"
+
+
+def _generate_speculative(model, tok, ids, args, write) -> int:
+    """--draft / --prompt-lookup: the text, then the acceptance rate, tokens per target call
+    and the speed-up against plain decoding of the same prompt and length, both timed here
+    (after one short untimed warm-up of each)."""
+    import time
+
+    from .infer import generate, speculative_decode
+    draft, name = _speculative_draft(model, tok, args)
+    k = 4 if args.k is None else args.k
+    x = np.array([ids], np.int64)
+    n = args.max_new_tokens
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    speculative_decode(model, draft, x, min(n, 2 * k + 2), k=k, seed=args.seed, **kw)
+    generate(model, x, min(n, 4), seed=args.seed, **kw)
+    t0 = time.perf_counter()
+    plain = generate(model, x, n, seed=args.seed, **kw)
+    t_plain = time.perf_counter() - t0
+    out, st = speculative_decode(model, draft, x, n, k=k, seed=args.seed, **kw)
+    write(tok.decode(out[0].tolist()) + "\n")
+    same = ("greedy output identical to plain decoding: "
+            + ("yes" if np.array_equal(out, plain) else "NO")) if args.temperature == 0 \
+        else "sampled: the target's distribution, other draws than plain decoding"
+    print(f"speculative decoding ({name}, k={k}): {n} tokens in {st.rounds} rounds; "
+          f"acceptance {100 * st.acceptance_rate:.1f}% ({st.accepted}/{st.proposed} draft "
+          f"tokens, per-token alpha {100 * st.alpha:.1f}%); "
+          f"{st.tokens_per_target_call:.2f} tokens per target call")
+    print(f"speed-up {t_plain / st.wall_time_s:.2f}x against plain decoding of the same prompt "
+          f"and length ({1e3 * st.wall_time_s:.1f} ms vs {1e3 * t_plain:.1f} ms, both timed in "
+          f"this run); {same}")
     return 0
 
 
@@ -755,6 +817,20 @@ def _parser():
                     help="beam search with W beams instead of sampling: the most likely "
                     "continuation found, printed at the end (default: sample)")
     ge.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    ge.add_argument("--draft", metavar="DIR", default=None,
+                    help="speculative decoding: this smaller GPT checkpoint (same tokenizer) "
+                    "proposes --k tokens a round and --checkpoint verifies them in one "
+                    "forward; prints the text, the acceptance rate, tokens per target call "
+                    "and the speed-up against plain decoding of the same prompt and length, "
+                    "both timed in this invocation (default: plain decoding)")
+    ge.add_argument("--k", type=int, default=None, metavar="K",
+                    help="draft tokens per speculative round (default 4; with --draft or "
+                    "--prompt-lookup)")
+    ge.add_argument("--prompt-lookup", type=int, nargs="?", const=3, default=None,
+                    metavar="N", help="speculative decoding with a nearly free draft: the "
+                    "tokens that followed the last earlier occurrence of the final N-gram "
+                    "(N 3 when not given); the same report as --draft, which it excludes "
+                    "(default: off)")
     ge.set_defaults(run=cmd_generate)
     ev = sub.add_parser("eval", help="score a checkpoint: loss, perplexity, bits per char "
                         "(GPT) or held-out exact match (RNN)")
@@ -902,6 +978,19 @@ def _validate(args) -> None:
             if args.num_samples > 1:
                 raise UsageError("--beam is deterministic: --num-samples > 1 would print the "
                                  "same text again")
+        spec = args.draft is not None or args.prompt_lookup is not None
+        if args.draft is not None and args.prompt_lookup is not None:
+            raise UsageError("--draft and --prompt-lookup are two drafts; give one of them")
+        if args.k is not None and not spec:
+            raise UsageError("--k is the speculative draft length; it needs --draft or "
+                             "--prompt-lookup")
+        if args.k is not None and args.k < 1:
+            raise UsageError(f"--k must be at least 1, got {args.k}")
+        if args.prompt_lookup is not None and args.prompt_lookup < 1:
+            raise UsageError(f"--prompt-lookup N must be at least 1, got {args.prompt_lookup}")
+        if spec and (args.beam is not None or args.num_samples > 1):
+            raise UsageError("speculative decoding (--draft, --prompt-lookup) decodes one "
+                             "sample; --beam and --num-samples > 1 are for plain decoding")
     if args.command == "eval" and args.windows is not None and args.windows < 1:
         raise UsageError(f"--windows must be at least 1, got {args.windows}")
     if args.command == "eval" and args.decode_tokens < 0:

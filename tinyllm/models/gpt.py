@@ -14,9 +14,13 @@ LayerNorm weights 1. Everything is drawn in float64 from ``np.random.default_rng
 cast, so a model is a function of (config, seed) and its float32 and float64 versions agree
 to rounding.
 
-Inference with a KV cache (``new_kv_cache``, ``prefill``, ``decode_step``) runs under
-``tl.no_grad()`` and keeps each layer's keys and values in preallocated arrays
+Inference with a KV cache (``new_kv_cache``, ``prefill``, ``decode_step``, ``extend``)
+runs under ``tl.no_grad()`` and keeps each layer's keys and values in preallocated arrays
 (B, H, Lmax, hs), so each new token costs one position's work instead of T positions'.
+``extend`` feeds T tokens at once after a filled cache (chunked prefill) and returns all T
+positions' logits, the query at absolute position pos + t attending to keys 0..pos+t;
+``truncate`` rolls a cache back to fewer positions (speculative decoding's verify and
+roll-back, ``tinyllm.infer.speculative``).
 The decoding protocol that ``tl.infer`` drives (and AttentionRNN speaks too) is a thin layer
 over them: ``state, logits = model.start(idx)`` (a new cache, prefilled),
 ``logits = model.step(state, tokens)`` (``decode_step``), ``model.reorder(state, index)``.
@@ -110,6 +114,15 @@ class KVCache:
         for a in self.k + self.v:
             a[:, :, :n] = a[index, :, :n]
         self.tokens[:, :n] = self.tokens[index, :n]
+
+    def truncate(self, length: int) -> None:
+        """Roll back to the first ``length`` valid positions (0 <= length <= self.length):
+        the later keys and values are forgotten (overwritten by whatever comes next)."""
+        if (isinstance(length, bool) or not isinstance(length, (int, np.integer))
+                or not 0 <= length <= self.length):
+            raise ValueError(f"KVCache.truncate: length must be an int in [0, {self.length}] "
+                             f"(the valid positions), got {length!r}")
+        self.length = int(length)
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k + self.v) + self.tokens.nbytes
@@ -272,6 +285,105 @@ class GPT(Module):
         cache.tokens[:, pos] = new[:, 0]
         cache.length = pos + 1
         return logits
+
+    @no_grad()
+    def extend(self, idx_new, cache: KVCache) -> np.ndarray:
+        """Append T tokens per sequence, idx_new (B, T), after whatever ``cache`` holds (a
+        chunked prefill into a filled cache); returns every new position's logits (B, T, V):
+        row t predicts the token after idx_new[:, t]. T = 1 is ``decode_step``. A chunk that
+        does not fit is cut where the cache fills up, and each full cache is re-prefilled
+        with its last ``cache.keep`` tokens followed by as many new ones as fit, the rule
+        ``decode_step`` follows token by token, so the logits are the same (to rounding) as
+        feeding the tokens one ``decode_step`` at a time."""
+        new = self._check_idx(idx_new, "extend").astype(np.int64, copy=False)
+        B, T = new.shape
+        if B != cache.batch_size:
+            raise ShapeError(f"GPT.extend: idx_new has batch {B} but the cache was made for "
+                             f"{cache.batch_size}")
+        if T == 1:
+            return self.decode_step(new, cache)[:, None]             # (B, 1, V)
+        out, i = [], 0
+        while i < T:
+            if cache.length == cache.max_len:                        # full: re-prefill
+                cache.refills += 1
+                keep = cache.keep
+                kept = cache.tokens[:, cache.max_len - keep:].copy()  # (B, keep)
+                chunk = new[:, i:i + cache.max_len - keep]
+                logits = self._fill(np.concatenate([kept, chunk], axis=1), cache, 0)
+                out.append(logits[:, keep:])                         # the new tokens' rows
+            else:
+                chunk = new[:, i:i + cache.max_len - cache.length]
+                out.append(self._fill(chunk, cache, cache.length))
+            i += chunk.shape[1]
+        return np.concatenate(out, axis=1)                           # (B, T, V)
+
+    def _fill(self, idx: np.ndarray, cache: KVCache, pos: int,
+              arrays: bool = True) -> np.ndarray:
+        """idx (B, T) at absolute positions pos..pos+T-1 (they fit) into the cache; the
+        logits (B, T, V) of every one of them. At pos 0 this is a prefill (the training
+        kernels through ``_trunk``); after a filled cache, ``_extend_arrays`` (or, with
+        ``arrays=False``, ``_trunk``'s Tensors, the same equations)."""
+        T = idx.shape[1]
+        if pos > 0 and arrays:
+            logits = self._extend_arrays(idx, cache, pos)            # (B, T, V)
+        else:
+            logits = self._head(self._trunk(idx, cache, pos)).data   # (B, T, V)
+        cache.tokens[:, pos:pos + T] = idx
+        cache.length = pos + T
+        return logits
+
+    def _extend_arrays(self, new: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
+        """``_decode_arrays`` for T tokens per sequence, new (B, T) at positions
+        pos..pos+T-1 after a filled cache: layernorm, the linears and the mlp kernel on the
+        B T rows at once, and ``decode_attention`` once per new query, query t against the
+        cache's first pos + t + 1 positions. Returns the logits (B, T, V). Verifying a
+        speculative draft of a few tokens this way costs a little more than one decode step,
+        where the Tensor path (``_trunk``) costs several."""
+        t = self.transformer
+        B, T = new.shape
+        norm = kernels.get("layernorm").forward
+        mlp = kernels.get("mlp").forward
+        attend = kernels.get("decode_attention").forward
+
+        def ln(x, layer):                                            # (N, C) -> (N, C)
+            return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
+
+        quant_wte = isinstance(t.wte, QuantEmbedding)
+        tok = t.wte.lookup(new) if quant_wte else t.wte.weight.data[new]    # (B, T, C)
+        x = tok + t.wpe.weight.data[pos:pos + T]                     # (B, T, C), a new array
+        x = x.reshape(B * T, x.shape[-1])                            # (B T, C)
+        for i, blk in enumerate(t.h):
+            a, f = blk.attn, blk.mlp
+            H = a.n_head
+            qkv = _linear(ln(x, blk.ln_1), a.c_attn)                 # (B T, 3 Ca)
+            Ca = qkv.shape[1] // 3
+            qkv = qkv.reshape(B, T, 3, H, Ca // H).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, hs)
+            cache.k[i][:, :, pos:pos + T] = qkv[1]
+            cache.v[i][:, :, pos:pos + T] = qkv[2]
+            y = np.empty((B, T, H, Ca // H), x.dtype)                # (B, T, H, hs)
+            for j in range(T):                                       # query j: its causal past
+                q = np.ascontiguousarray(qkv[0][:, :, j:j + 1])      # (B, H, 1, hs)
+                y[:, j] = attend(q, cache.k[i], cache.v[i], pos + j + 1)[0][:, :, 0]
+            x += _linear(y.reshape(B * T, Ca), a.c_proj)             # residual, in place
+            if isinstance(f.c_fc, Linear) and isinstance(f.c_proj, Linear):
+                m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
+                           f.c_proj.weight.data, _data(f.c_proj.bias))   # (B T, C)
+            else:                                                    # quantised: unfused
+                h = F.gelu(Tensor(_linear(ln(x, blk.ln_2), f.c_fc)), approximate="tanh")
+                m = _linear(h.data, f.c_proj)
+            x += m
+        if quant_wte:
+            logits = t.wte.head(ln(x, t.ln_f))                       # (B T, V)
+        else:
+            logits = ln(x, t.ln_f) @ t.wte.weight.data.T             # (B T, V)
+        return logits.reshape(B, T, -1)
+
+    @staticmethod
+    def truncate(cache: KVCache, length: int) -> None:
+        """Roll ``cache`` back to its first ``length`` positions (``KVCache.truncate``):
+        afterwards it is as if only those tokens had ever been fed (speculative decoding
+        drops the rejected draft tokens this way)."""
+        cache.truncate(length)
 
     def _decode_arrays(self, new: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         """One token per sequence through every block, on plain arrays: the same equations

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..autograd import Tensor, default_generator
+from ..autograd import Tensor, concat, default_generator
 from ..autograd import functional as F
 from ..errors import ShapeError
 from .module import Module, Parameter
@@ -256,7 +256,15 @@ class CausalSelfAttention(Module):
     first token. The new keys and values are written at ``pos : pos + T``; then
     - ``pos == 0`` (prefill): attention over x itself, the same fused kernel as training;
     - ``T == 1`` (decode): the one query against the ``pos + 1`` cached positions, with the
-      ``decode_attention`` kernel.
+      ``decode_attention`` kernel;
+    - ``T > 1`` after a filled cache (chunked prefill, e.g. verifying a speculative draft):
+      the query at absolute position pos + t attends causally to the cached keys
+      0..pos-1 and the new keys pos..pos+t,
+
+          out_t = sum_{s <= pos+t} softmax_s(c q_t . k_s) v_s,     t = 0..T-1,
+
+      which is ``decode_attention`` with length pos + t + 1, once per new query (T is a
+      handful of draft tokens; each call reads the cache in place).
 
     ``CausalSelfAttention(cfg, rng=None, dtype=np.float32, *, std=None, proj_std=None,
     dropout_rng=None)`` with C = cfg.n_embd, H = cfg.n_head.
@@ -329,8 +337,11 @@ class CausalSelfAttention(Module):
             return F.scaled_dot_product_attention(q, k, v, causal=True)
         if T == 1:
             return F.decode_attention(q, k_buf, v_buf, pos + 1)  # (B, H, 1, hs)
-        raise NotImplementedError("CausalSelfAttention: several new positions after a "
-                                  "prefilled cache (chunked prefill) is not supported")
+        # chunked prefill: new query t (absolute position pos + t) is decode attention
+        # against the cache's first pos + t + 1 positions (its causal past, itself included)
+        rows = [F.decode_attention(q[:, :, t:t + 1], k_buf, v_buf, pos + t + 1)
+                for t in range(T)]                             # T x (B, H, 1, hs)
+        return concat(rows, axis=2)                            # (B, H, T, hs)
 
 
 class Block(Module):
