@@ -399,3 +399,18 @@ def test_16_bit_storage_checkpoints(tmp_path, fmt):
     from tinyllm.train.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="uint16 bit patterns"):
         load_lowp(q, {k: v for k, v in model.state_dict().items()}, meta["compressed"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,V,C", [(1, 1031, 77), (3, 5, 1), (2, 700, 64)])
+def test_rows_dot_is_the_float_head(dtype, N, V, C):
+    # the float tied head of a quantised model, on Numba's threads: x @ E^T
+    rng = np.random.default_rng(11)
+    x, E = rng.standard_normal((N, C)).astype(dtype), rng.standard_normal((V, C)).astype(dtype)
+    y = Q.rows_dot(x, E)
+    assert y.dtype == dtype and y.shape == (N, V)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, x.astype(np.float64) @ E.T.astype(np.float64), rtol=tol,
+                               atol=tol * np.sqrt(C))
+    with pytest.raises(ShapeError, match="rows_dot"):
+        Q.rows_dot(x, E[:, :C - 1] if C > 1 else np.ones((V, 2), dtype))

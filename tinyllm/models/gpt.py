@@ -51,6 +51,7 @@ from .. import kernels
 from ..autograd import Tensor, no_grad
 from ..autograd import functional as F
 from ..errors import ShapeError
+from ..kernels.qmatmul import rows_dot
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
 from ..nn.quant import QuantEmbedding, QuantLinear
 from ._config import ConfigDict
@@ -375,7 +376,7 @@ class GPT(Module):
         if quant_wte:
             logits = t.wte.head(ln(x, t.ln_f))                       # (B T, V)
         else:
-            logits = ln(x, t.ln_f) @ t.wte.weight.data.T             # (B T, V)
+            logits = self._float_head(ln(x, t.ln_f))                 # (B T, V)
         return logits.reshape(B, T, -1)
 
     @staticmethod
@@ -422,7 +423,17 @@ class GPT(Module):
             x += m
         if quant_wte:
             return t.wte.head(ln(x, t.ln_f))                         # (B, V)
-        return ln(x, t.ln_f) @ t.wte.weight.data.T                   # (B, V)
+        return self._float_head(ln(x, t.ln_f))                       # (B, V)
+
+    def _float_head(self, h: np.ndarray) -> np.ndarray:
+        """h (N, C) @ wte^T for a float table. A model with quantised blocks runs it on
+        Numba's threads (``qmatmul.rows_dot``: a BLAS call between the quantised products
+        fights their thread pool for the cores); a float model through BLAS."""
+        E = self.transformer.wte.weight.data                         # (V, C)
+        if (isinstance(self.transformer.h[0].attn.c_attn, QuantLinear)
+                and kernels.default_impl() == "numba"):
+            return rows_dot(h, E)
+        return h @ E.T
 
     # ------------------------------------------------------------ decoding protocol
     def start(self, idx):
