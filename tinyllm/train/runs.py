@@ -451,7 +451,13 @@ def load_model(path: str):
     p = Preset.from_settings(kind, s)
     if kind == "gpt":
         tok = load_tokenizer(meta["tokenizer"])
-        model = build_model(p, tok.vocab_size)
+        cfg = meta["model"].get("config")
+        if isinstance(cfg, dict) and any(cfg.get(f) is not None
+                                         for f in ("mlp_hidden", "layer_heads")):
+            # structurally pruned (tinyllm.compress.prune): the per-layer widths are the config's
+            model = GPT(GPTConfig.from_dict(cfg), seed=p.train.seed, dtype=np.dtype(p.data.dtype))
+        else:
+            model = build_model(p, tok.vocab_size)
         extra = tok
     else:
         model = build_model(p)
