@@ -19,11 +19,20 @@ module ``P``, ``P.qweight`` (int8 (in, out), or uint8 (ceil(in/2), out) packed i
 ``P.scales`` (float32). ``tl.load`` rebuilds the float model from the settings, then swaps in
 the quantised modules (``load_quantised``); a missing, misshapen or mistyped array raises
 ``CheckpointError`` naming it.
+
+Pruning (``tinyllm.compress.prune``, ``tinyllm compress --method prune``) is not a METHODS
+entry: ``prune.prune(model, sparsity, scheme, calib)`` returns a float GPT (dense with zeros, or
+structurally smaller) and its masks; ``save_pruned`` writes it as an ordinary checkpoint with
+a ``"pruned"`` entry in ``meta.json`` (so it can still be quantised afterwards).
 """
 from __future__ import annotations
 
+from . import prune                     # the module: prune.prune(model, sparsity, scheme)
+from .prune import (SCHEMES as PRUNE_SCHEMES, MaskedGPT, calibrate, finetune, save_pruned,
+                    sparsity_report)
 from .quant import (METHODS, compress, load_quantised, quantised_arrays, save_compressed,
                     stored_nbytes)
 
 __all__ = ["METHODS", "compress", "save_compressed", "load_quantised", "quantised_arrays",
-           "stored_nbytes"]
+           "stored_nbytes", "prune", "calibrate", "finetune", "MaskedGPT", "save_pruned",
+           "sparsity_report", "PRUNE_SCHEMES"]

@@ -62,7 +62,7 @@ PARTS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 __all__ = ["SCHEMES", "STRUCTURED", "Calibration", "calibrate", "prunable", "prune",
            "apply_masks", "masks_hold", "sparsity_report", "MaskedGPT", "finetune",
-           "copy_gpt", "shrink"]
+           "copy_gpt", "shrink", "save_pruned"]
 
 
 def _fail(msg: str):
@@ -434,3 +434,25 @@ def finetune(model: GPT, masks: dict | None, train_ids, steps: int, *, val_ids=N
     if masks and not masks_hold(model, masks):
         raise RuntimeError("prune.finetune: a pruned weight became non-zero during training")
     return res
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def save_pruned(model: GPT, tokenizer, path: str, info: dict, base_meta: dict | None = None
+                ) -> str:
+    """Write a pruned GPT to the checkpoint folder ``path`` (atomically; ``tl.load``,
+    ``tinyllm eval`` and ``tinyllm generate`` read it): dense arrays (zeros where pruned) or
+    the smaller matrices of a structured prune, whose widths travel in meta.json's
+    ``model.config`` (``mlp_hidden``, ``layer_heads``). ``info`` goes in as meta.json's
+    ``pruned`` entry; ``base_meta`` (the source checkpoint's) keeps its text, settings and
+    step. Returns the folder."""
+    from ..train.persist import _gpt_meta, write_model_folder
+    meta = _gpt_meta(model, tokenizer)
+    if base_meta is not None:
+        keep = {k: base_meta[k] for k in ("settings", "text", "step", "train_config")
+                if k in base_meta}
+        meta = dict(keep, model=meta["model"], tokenizer=meta["tokenizer"])
+    meta["pruned"] = dict(info)
+    meta["saved_by"] = "tinyllm compress"
+    arrays = {name: np.asarray(a) for name, a in model.state_dict().items()}
+    return write_model_folder(path, arrays, meta, "save_pruned")
