@@ -80,7 +80,15 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tune peak lr (cosine to "
                     "lr / 10 after 10 warm-up steps)")
     ap.add_argument("--decode-rounds", type=int, default=7)
+    ap.add_argument("--render", metavar="JSON", help="only rewrite prune.md / .png in --out "
+                    "from a prune.json written earlier (e.g. by a run that was stopped)")
     a = ap.parse_args(argv)
+    if a.render:
+        with open(a.render) as f:
+            res = json.load(f)
+        write(res, a.out, res.get("command", "python benchmarks/prune_eval.py"),
+              final=res.get("complete", False))
+        return 0
     t_start = time.perf_counter()
     folder = a.teacher
     if os.path.isdir(os.path.join(folder, "best")):
@@ -140,6 +148,7 @@ def main(argv=None) -> int:
     command = " ".join(["python", "benchmarks/prune_eval.py"]
                        + (argv if argv is not None else sys.argv[1:]))
     res["seconds"] = time.perf_counter() - t_start
+    res["command"] = command
     write(res, a.out, command)
 
     # 3. masked fine-tune against a dense control
@@ -229,18 +238,20 @@ def markdown(res, command) -> str:
         L.append(f"| {NAMES[r['scheme']]} | {r['sparsity']:.2f} | {r['delta']:+.4f} | "
                  f"{r['delta_se']:.4f} | {size} |")
     c = res.get("control")
-    if c is None:
-        return "\n".join(L) + "\n\n(fine-tunes not run yet)\n"
     L += ["", f"## With a masked fine-tune ({st['finetune_steps']} steps, batch "
-          f"{st['finetune_batch']}, AdamW lr {st['lr']} cosine, weight decay 0.1)", "",
-          f"Dense control (the teacher fine-tuned the same way): Δ against the teacher "
-          f"{c['delta']:+.4f} ± {c['delta_se']:.4f} ({c['seconds']:.0f} s).", "",
-          "| scheme | sparsity | Δ vs control | ± se | Δ vs teacher | mask exact |",
-          "|---|---:|---:|---:|---:|:-:|"]
+          f"{st['finetune_batch']}, AdamW lr {st['lr']} cosine, weight decay 0.1)", ""]
+    if c is None:
+        L.append("(not run yet)")
+    else:
+        L += [f"Dense control (the teacher fine-tuned the same way): Δ against the teacher "
+              f"{c['delta']:+.4f} ± {c['delta_se']:.4f} ({c['seconds']:.0f} s).", "",
+              "| scheme | sparsity | Δ vs control | ± se | Δ vs teacher | mask exact | s |",
+              "|---|---:|---:|---:|---:|:-:|---:|"]
     for r in res["finetune"]:
         L.append(f"| {NAMES[r['scheme']]} | {r['sparsity']:.2f} | "
                  f"{r['vs_control']['delta']:+.4f} | {r['vs_control']['delta_se']:.4f} | "
-                 f"{r['vs_teacher']['delta']:+.4f} | {'yes' if r['mask_exact'] else 'NO'} |")
+                 f"{r['vs_teacher']['delta']:+.4f} | {'yes' if r['mask_exact'] else 'NO'} | "
+                 f"{r['seconds']:.0f} |")
     L += ["", f"## Decode speed, batch 1, greedy with KV cache ({st['decode_tokens']} tokens, "
           f"median of {st['decode_rounds']} alternating rounds)", "",
           "| model | tokens/s | speed-up |", "|---|---:|---:|"]
