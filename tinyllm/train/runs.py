@@ -47,7 +47,9 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class GPTModel:
-    """A GPT's shape: ``GPTConfig``'s fields but ``vocab_size`` (the tokenizer decides it)."""
+    """A GPT's shape: ``GPTConfig``'s fields but ``vocab_size`` (the tokenizer decides it)
+    and a pruned GPT's per-layer ``mlp_hidden`` / ``layer_heads`` (not settings:
+    ``load_model`` reads them from meta.json's ``model.config``)."""
     block_size: int
     n_layer: int
     n_head: int
