@@ -652,8 +652,16 @@ def cmd_compress(args) -> int:
 
     from .compress import METHODS, save_compressed, stored_nbytes
     from .train.checkpoint import CheckpointError
-    if args.method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
+    if args.method != "prune" and args.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, prune; got "
+                         f"{args.method!r}")
+    if args.method == "prune":
+        _check_prune_args(args)
+    else:
+        for flag, v in (("--sparsity", args.sparsity), ("--scheme", args.scheme),
+                        ("--finetune-steps", args.finetune_steps)):
+            if v is not None:
+                raise UsageError(f"{flag} is for --method prune, not {args.method}")
     _writable_dir(args.out, "--out")
     if (os.path.isdir(args.out) and os.listdir(args.out)
             and not os.path.exists(os.path.join(args.out, "meta.json"))):
@@ -666,6 +674,8 @@ def cmd_compress(args) -> int:
                          f"({meta['compressed'].get('method')}); give the float checkpoint")
     if os.path.abspath(args.out) == os.path.abspath(folder):
         raise UsageError("--out must differ from the checkpoint folder")
+    if args.method == "prune":
+        return _compress_prune(args, model, extra, meta, folder)
     try:
         save_compressed(model, extra, args.out, args.method, args.keep_embeddings, meta)
     except CheckpointError as e:
@@ -680,6 +690,78 @@ def cmd_compress(args) -> int:
         emb = "tied embedding " + ("kept in float" if args.keep_embeddings else "quantised")
     print(f"{folder} -> {args.out}: {args.method}, {emb}")
     print(f"size {before:,} B -> {after:,} B ({after / before:.3f}x)")
+    return 0
+
+
+def _check_prune_args(args) -> None:
+    """--method prune's settings, before anything is loaded (UsageError naming the flag)."""
+    import math
+
+    from .compress.prune import SCHEMES
+    scheme = "magnitude" if args.scheme is None else args.scheme
+    if scheme not in SCHEMES:
+        raise UsageError(f"--scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    s = args.sparsity
+    if s is None:
+        raise UsageError("--method prune needs --sparsity S, a number in (0, 1)")
+    if not (math.isfinite(s) and 0.0 < s < 1.0):
+        raise UsageError(f"--sparsity must be in (0, 1), got {s}")
+    if scheme.startswith("2:4") and s != 0.5:
+        raise UsageError(f"--scheme {scheme} keeps 2 of every 4 weights: --sparsity must be "
+                         f"0.5, got {s}")
+    if args.finetune_steps is not None and args.finetune_steps < 0:
+        raise UsageError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    args.scheme = scheme
+
+
+def _compress_prune(args, model, tok, meta, folder) -> int:
+    """``tinyllm compress --method prune``: prune (and optionally fine-tune with the mask
+    kept) a GPT checkpoint into a new one that eval and generate load."""
+    from .compress.prune import STRUCTURED, finetune, prune, save_pruned, sparsity_report
+    from .data import UnknownTokenError
+    from .train.checkpoint import CheckpointError
+    from .train.runs import Preset, prepare_text
+    p = Preset.from_settings("gpt", meta["settings"])
+    src = meta.get("text", meta.get("data"))
+    src = None if not isinstance(src, str) or src == "embedded" else src
+    try:
+        _, train, val = prepare_text(p, src, tok)
+    except (OSError, ValueError, UnknownTokenError) as e:
+        raise UsageError(f"--checkpoint: the text it was trained on ({src or 'embedded'}) "
+                         f"cannot be used for calibration / fine-tuning: {e}") from None
+    scheme, s = args.scheme, float(args.sparsity)
+    try:
+        pruned, masks = prune(model, s, scheme, calib=train)
+    except ValueError as e:
+        raise UsageError(f"--sparsity/--scheme: {e}") from None
+    steps = args.finetune_steps or 0
+    if steps:
+        print(f"fine-tuning {steps} steps (batch {p.data.batch_size}"
+              + (", masked" if scheme not in STRUCTURED else "") + ") ...")
+        finetune(pruned, None if scheme in STRUCTURED else masks, train, steps, val_ids=val,
+                 batch_size=p.data.batch_size)
+    before, after = model.num_parameters(), pruned.num_parameters()
+    info = {"scheme": scheme, "sparsity": s, "finetune_steps": steps,
+            "parameters": after, "source_parameters": before}
+    if scheme in STRUCTURED:
+        c = pruned.config
+        info.update(mlp_hidden=c.mlp_hidden, layer_heads=c.layer_heads)
+        what = (f"MLP hidden units per layer {c.mlp_hidden}" if scheme == "neurons"
+                else f"heads per layer {c.layer_heads}")
+        line = f"{what}; parameters {before:,} -> {after:,} ({after / before:.3f}x)"
+    else:
+        rep = sparsity_report(pruned)
+        info["measured_sparsity"] = rep["overall"]
+        per = [v for k, v in rep.items() if k != "overall"]
+        line = (f"zeros in the prunable weights {rep['overall']:.4f} (per matrix "
+                f"{min(per):.3f}..{max(per):.3f}); stored dense, {after:,} parameters")
+    try:
+        save_pruned(pruned, tok, args.out, info, meta)
+    except CheckpointError as e:
+        raise RunError(f"--out: {e}") from None
+    print(f"{folder} -> {args.out}: prune {scheme} at {s}"
+          + (f", fine-tuned {steps} steps" if steps else ""))
+    print(line)
     return 0
 
 
@@ -850,20 +932,29 @@ def _parser():
                     "decoded (greedy, batch 1, KV cache) to time the decode speed; 0 = skip "
                     "(GPT; default 64)")
     ev.set_defaults(run=cmd_eval)
-    co = sub.add_parser("compress", help="quantise (int8/int4) or round (bf16/fp16) a GPT "
-                        "checkpoint's weights "
+    co = sub.add_parser("compress", help="quantise (int8/int4), round (bf16/fp16) or prune "
+                        "a GPT checkpoint's weights "
                         "into a new checkpoint that generate and eval run")
     co.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder "
                     "(float)")
     co.add_argument("--method", required=True, metavar="M", help="int8 (per output channel), "
                     "int8-tensor, int8-g32, int4 (per channel), int4-tensor, int4-g32 "
-                    "(groups of 32 input rows), or bf16 / fp16 (every weight stored in 16 "
-                    "bits, round to nearest even)")
+                    "(groups of 32 input rows), bf16 / fp16 (every weight stored in 16 "
+                    "bits, round to nearest even), or prune (see --sparsity, --scheme)")
     co.add_argument("--keep-embeddings", action=argparse.BooleanOptionalAction, default=True,
                     help="keep the tied token embedding / output head in float (default; "
                     "--no-keep-embeddings quantises it too)")
     co.add_argument("--out", required=True, metavar="DIR", help="the checkpoint folder to "
                     "write")
+    co.add_argument("--sparsity", type=float, default=None, metavar="S", help="--method "
+                    "prune: the share of the blocks' Linear weights zeroed, in (0, 1) "
+                    "(neurons/heads: the share of each block's units removed; 2:4: 0.5)")
+    co.add_argument("--scheme", default=None, metavar="NAME", help="--method prune: "
+                    "magnitude (one global threshold; default), magnitude-layer, wanda, 2:4, "
+                    "2:4-wanda, neurons or heads (structured: smaller matrices)")
+    co.add_argument("--finetune-steps", type=int, default=None, metavar="N", help="--method "
+                    "prune: then fine-tune N steps on the checkpoint's training text, "
+                    "keeping the mask exactly (default 0)")
     co.set_defaults(run=cmd_compress)
     ops_list = ", ".join(_all_op_names())
     op_help = f"only this op (repeatable; default: every op), one of: {ops_list}"

@@ -23,14 +23,23 @@ the quantised modules (``load_quantised``); a missing, misshapen or mistyped arr
 Distillation (``tinyllm.compress.distill``, ``tinyllm distill``) trains a smaller student GPT
 from a frozen teacher: ``distill(teacher, student_cfg, train_cfg, T, alpha, kind, ...)``; its
 output is an ordinary GPT run folder.
+
+Pruning (``tinyllm.compress.prune``, ``tinyllm compress --method prune``) is not a METHODS
+entry: ``prune.prune(model, sparsity, scheme, calib)`` returns a float GPT (dense with zeros, or
+structurally smaller) and its masks; ``save_pruned`` writes it as an ordinary checkpoint with
+a ``"pruned"`` entry in ``meta.json`` (so it can still be quantised afterwards).
 """
 from __future__ import annotations
 
+from . import prune                     # the module: prune.prune(model, sparsity, scheme)
+from .prune import (SCHEMES as PRUNE_SCHEMES, MaskedGPT, calibrate, finetune, save_pruned,
+                    sparsity_report)
 from .quant import (METHODS, compress, load_quantised, quantised_arrays, save_compressed,
                     stored_nbytes)
 
 __all__ = ["METHODS", "compress", "save_compressed", "load_quantised", "quantised_arrays",
-           "stored_nbytes"]
+           "stored_nbytes", "prune", "calibrate", "finetune", "MaskedGPT", "save_pruned",
+           "sparsity_report", "PRUNE_SCHEMES"]
 from .distill import (DistillConfig, Distiller, distill, distill_run,  # noqa: E402
                       distill_trainer)
 

@@ -1,7 +1,9 @@
 """GPT: the decoder-only transformer, in GPT-2's layout and with GPT-2's parameter names.
 
 Legend: B = batch, T = time, C = n_embd, H = n_head, hs = C / H, V = vocab_size,
-L = n_layer, Lmax = a KV cache's length.
+L = n_layer, Lmax = a KV cache's length. A structurally pruned GPT (``tinyllm.compress.prune``)
+has per-layer widths: block l has ``layer_heads[l]`` heads of hs each (attention width
+A_l = H_l hs, c_attn (C, 3 A_l), c_proj (A_l, C)) and ``mlp_hidden[l]`` MLP hidden units.
 
     x      = wte[idx] + wpe[pos]                        (B, T, C)
     x      = x + attn(ln_1(x)); x = x + mlp(ln_2(x))    L blocks (pre-norm)
@@ -66,6 +68,10 @@ class GPTConfig(ConfigDict):
     n_embd: int              # C: residual-stream width; must be a multiple of n_head
     dropout: float = 0.0     # on embeddings and residual branches while training
     bias: bool = True        # biases in Linear and LayerNorm layers (GPT-2: True)
+    # per-layer widths of a structurally pruned GPT (tinyllm.compress.prune); None = every
+    # layer has 4 C MLP hidden units and n_head heads (of head_size = n_embd / n_head each)
+    mlp_hidden: list | None = None   # (L,) MLP hidden units of each block
+    layer_heads: list | None = None  # (L,) attention heads of each block
 
     def __post_init__(self):
         for f in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -79,6 +85,33 @@ class GPTConfig(ConfigDict):
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.bias, (bool, np.bool_)):
             raise ValueError(f"GPTConfig: bias must be a bool, got {self.bias!r}")
+        for f in ("mlp_hidden", "layer_heads"):
+            v = getattr(self, f)
+            if v is None:
+                continue
+            if (not isinstance(v, (list, tuple)) or len(v) != self.n_layer
+                    or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                               and n >= 1 for n in v)):
+                raise ValueError(f"GPTConfig: {f} must be None or a list of n_layer = "
+                                 f"{self.n_layer} positive ints, got {v!r}")
+            setattr(self, f, [int(n) for n in v])
+
+    def to_dict(self) -> dict:
+        """The fields as a dict; the per-layer widths only when set, so an unpruned GPT's
+        dict (and checkpoint metadata) is what it was before they existed."""
+        d = super().to_dict()
+        for f in ("mlp_hidden", "layer_heads"):
+            if d[f] is None:
+                del d[f]
+        return d
+
+    def hidden_of(self, layer: int) -> int:
+        """Block ``layer``'s MLP hidden width (4 n_embd unless pruned)."""
+        return 4 * self.n_embd if self.mlp_hidden is None else self.mlp_hidden[layer]
+
+    def heads_of(self, layer: int) -> int:
+        """Block ``layer``'s attention heads (n_head unless pruned)."""
+        return self.n_head if self.layer_heads is None else self.layer_heads[layer]
 
     @property
     def head_size(self) -> int:
@@ -90,13 +123,15 @@ class KVCache:
 
     ``k[l]``, ``v[l]`` (B, H, Lmax, hs); ``tokens`` (B, Lmax); the first ``length``
     positions are valid. ``keep`` is how many tokens a full cache re-prefills with (see the
-    module docstring); ``refills`` counts those re-prefills.
+    module docstring); ``refills`` counts those re-prefills. ``n_head`` is one count for
+    every layer or a list of each layer's (a head-pruned GPT: k[l] is (B, H_l, Lmax, hs)).
     """
 
     def __init__(self, n_layer, batch_size, n_head, max_len, head_size, dtype, keep):
-        shape = (batch_size, n_head, max_len, head_size)
-        self.k = [np.zeros(shape, dtype) for _ in range(n_layer)]
-        self.v = [np.zeros(shape, dtype) for _ in range(n_layer)]
+        heads = list(n_head) if isinstance(n_head, (list, tuple)) else [n_head] * n_layer
+        shapes = [(batch_size, h, max_len, head_size) for h in heads]
+        self.k = [np.zeros(shape, dtype) for shape in shapes]
+        self.v = [np.zeros(shape, dtype) for shape in shapes]
         self.tokens = np.zeros((batch_size, max_len), np.int64)
         self.length = 0
         self.keep = keep
@@ -155,7 +190,8 @@ class GPT(Module):
         t.wpe = Embedding(cfg.block_size, cfg.n_embd, dtype, rng, std)
         t.drop = Dropout(cfg.dropout, self.rng)
         t.h = ModuleList(Block(cfg, rng, dtype, std=std, proj_std=proj_std,
-                               dropout_rng=self.rng) for _ in range(cfg.n_layer))
+                               dropout_rng=self.rng, hidden=cfg.hidden_of(i),
+                               n_head=cfg.heads_of(i)) for i in range(cfg.n_layer))
         t.ln_f = LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
         self.transformer = t
 
@@ -245,7 +281,8 @@ class GPT(Module):
         if not isinstance(keep, (int, np.integer)) or not 0 <= keep < max_len:
             raise ValueError(f"GPT.new_kv_cache: keep must be in [0, max_len = {max_len}), "
                              f"got {keep!r}")
-        return KVCache(cfg.n_layer, int(batch_size), cfg.n_head, int(max_len),
+        heads = cfg.n_head if cfg.layer_heads is None else list(cfg.layer_heads)
+        return KVCache(cfg.n_layer, int(batch_size), heads, int(max_len),
                        cfg.head_size, self.dtype, int(keep))
 
     @no_grad()
@@ -395,7 +432,7 @@ class GPT(Module):
         more than the rows take). Through Tensors it was ~100 graph ops per token, which
         dominated decoding."""
         cfg, t = self.config, self.transformer
-        B, C, H = new.shape[0], cfg.n_embd, cfg.n_head
+        B, hs = new.shape[0], cfg.head_size
         norm = kernels.get("layernorm").forward
         mlp = kernels.get("mlp").forward
         attend = kernels.get("decode_attention").forward
@@ -408,12 +445,14 @@ class GPT(Module):
         x = tok + t.wpe.weight.data[pos]                             # (B, C), a new array
         for i, blk in enumerate(t.h):
             a, f = blk.attn, blk.mlp
-            qkv = _linear(ln(x, blk.ln_1), a.c_attn)                 # (B, 3C)
-            q = qkv[:, :C].reshape(B, H, 1, C // H)
-            cache.k[i][:, :, pos] = qkv[:, C:2 * C].reshape(B, H, C // H)
-            cache.v[i][:, :, pos] = qkv[:, 2 * C:].reshape(B, H, C // H)
+            H = a.n_head                                             # this layer's heads
+            A = H * hs                                               # its width (C unpruned)
+            qkv = _linear(ln(x, blk.ln_1), a.c_attn)                 # (B, 3A)
+            q = qkv[:, :A].reshape(B, H, 1, hs)
+            cache.k[i][:, :, pos] = qkv[:, A:2 * A].reshape(B, H, hs)
+            cache.v[i][:, :, pos] = qkv[:, 2 * A:].reshape(B, H, hs)
             y, _ = attend(q, cache.k[i], cache.v[i], pos + 1)        # (B, H, 1, hs)
-            x += _linear(y.reshape(B, C), a.c_proj)                  # residual, in place
+            x += _linear(y.reshape(B, A), a.c_proj)                  # residual, in place
             if isinstance(f.c_fc, Linear) and isinstance(f.c_proj, Linear):
                 m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
                            f.c_proj.weight.data, _data(f.c_proj.bias))   # (B, C)

@@ -267,22 +267,29 @@ class CausalSelfAttention(Module):
       handful of draft tokens; each call reads the cache in place).
 
     ``CausalSelfAttention(cfg, rng=None, dtype=np.float32, *, std=None, proj_std=None,
-    dropout_rng=None)`` with C = cfg.n_embd, H = cfg.n_head.
+    dropout_rng=None, n_head=None)`` with C = cfg.n_embd, H = cfg.n_head, hs = C / H.
+    ``n_head`` (a head-pruned layer) keeps hs but has that many heads: the attention width
+    A = n_head hs, c_attn (C, 3A), c_proj (A, C); by default A = C.
     """
 
     def __init__(self, cfg: TransformerConfig, rng=None, dtype=np.float32, *,
-                 std: float | None = None, proj_std: float | None = None, dropout_rng=None):
+                 std: float | None = None, proj_std: float | None = None, dropout_rng=None,
+                 n_head: int | None = None):
         super().__init__()
-        n_embd, n_head, dropout, bias = _dims("CausalSelfAttention", cfg, "n_embd", "n_head",
-                                              "dropout", "bias")
-        _positive("CausalSelfAttention", n_embd=n_embd, n_head=n_head)
-        if n_embd % n_head:
+        n_embd, cfg_heads, dropout, bias = _dims("CausalSelfAttention", cfg, "n_embd",
+                                                 "n_head", "dropout", "bias")
+        _positive("CausalSelfAttention", n_embd=n_embd, n_head=cfg_heads)
+        if n_embd % cfg_heads:
             raise ValueError(f"CausalSelfAttention: n_embd ({n_embd}) must be divisible by "
-                             f"n_head ({n_head})")
+                             f"n_head ({cfg_heads})")
+        n_head = cfg_heads if n_head is None else n_head
+        _positive("CausalSelfAttention", n_head=n_head)
         rng = as_rng(rng)
         self.n_embd, self.n_head = int(n_embd), int(n_head)
-        self.c_attn = Linear(n_embd, 3 * n_embd, bias, dtype, rng, std)
-        self.c_proj = Linear(n_embd, n_embd, bias, dtype, rng,
+        self.head_size = n_embd // cfg_heads                   # hs
+        A = self.n_head * self.head_size                       # attention width (C unpruned)
+        self.c_attn = Linear(n_embd, 3 * A, bias, dtype, rng, std)
+        self.c_proj = Linear(A, n_embd, bias, dtype, rng,
                              std if proj_std is None else proj_std)
         self.resid_dropout = Dropout(dropout, rng if dropout_rng is None else dropout_rng)
 
@@ -291,7 +298,7 @@ class CausalSelfAttention(Module):
             raise ShapeError(f"CausalSelfAttention: x must be (B, T, {self.n_embd}), got "
                              f"{tuple(x.shape)}")
         B, T, C = x.shape
-        H, hs = self.n_head, C // self.n_head
+        H, hs = self.n_head, self.head_size
         if kv is None and getattr(self.c_attn, "weight", None) is None:
             # a quantised c_attn (tl.nn.QuantLinear) has no weight to slice: one product
             qkv = self.c_attn(x).reshape((B, T, 3, H, hs)).transpose((2, 0, 3, 1, 4))
@@ -304,7 +311,7 @@ class CausalSelfAttention(Module):
             # inference (no backward to pay for): one (C, 3C) product, fewest ops per token
             qkv = self.c_attn(x).reshape((B, T, 3, H, hs)).transpose((2, 0, 3, 1, 4))
             y = self._cached(qkv[0], qkv[1], qkv[2], kv)       # (3, B, H, T, hs) -> ...
-        y = y.transpose((0, 2, 1, 3)).reshape((B, T, C))       # (B, T, H, hs) -> (B, T, C)
+        y = y.transpose((0, 2, 1, 3)).reshape((B, T, H * hs))  # (B, T, H, hs) -> (B, T, A)
         return self.resid_dropout(self.c_proj(y))
 
     def _project(self, x2: Tensor, i: int, B: int, T: int) -> Tensor:
@@ -317,12 +324,13 @@ class CausalSelfAttention(Module):
         and two adds of them: c_attn + attention, forward and backward, took 1.2-1.3x as
         long that way at B=16, T=128, C=128. Slicing the weight moves those costs to the
         small (C, 3C)."""
-        C, H = self.n_embd, self.n_head
-        cols = slice(i * C, (i + 1) * C)
-        z = x2 @ self.c_attn.weight[:, cols]                   # (B T, C) @ (C, C) -> (B T, C)
+        H, hs = self.n_head, self.head_size
+        A = H * hs                                             # C unless heads were pruned
+        cols = slice(i * A, (i + 1) * A)
+        z = x2 @ self.c_attn.weight[:, cols]                   # (B T, C) @ (C, A) -> (B T, A)
         if self.c_attn.bias is not None:
             z = z + self.c_attn.bias[cols]
-        return z.reshape((B, T, H, C // H)).transpose((0, 2, 1, 3))  # (B, H, T, hs)
+        return z.reshape((B, T, H, hs)).transpose((0, 2, 1, 3))  # (B, H, T, hs)
 
     @staticmethod
     def _cached(q, k, v, kv):
@@ -347,19 +355,23 @@ class CausalSelfAttention(Module):
 class Block(Module):
     """A pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
-    ``Block(cfg, rng=None, dtype=np.float32, *, std=None, proj_std=None, dropout_rng=None)``;
-    the MLP's hidden width is 4 cfg.n_embd."""
+    ``Block(cfg, rng=None, dtype=np.float32, *, std=None, proj_std=None, dropout_rng=None,
+    hidden=None, n_head=None)``; the MLP's hidden width is ``hidden`` (default 4 cfg.n_embd)
+    and the attention has ``n_head`` heads of cfg.n_embd / cfg.n_head each (default
+    cfg.n_head): other values make a structurally pruned block."""
 
     def __init__(self, cfg: TransformerConfig, rng=None, dtype=np.float32, *,
-                 std: float | None = None, proj_std: float | None = None, dropout_rng=None):
+                 std: float | None = None, proj_std: float | None = None, dropout_rng=None,
+                 hidden: int | None = None, n_head: int | None = None):
         super().__init__()
         (n_embd, bias) = _dims("Block", cfg, "n_embd", "bias")
         rng = as_rng(rng)
         init = dict(std=std, proj_std=proj_std, dropout_rng=dropout_rng)
         self.ln_1 = LayerNorm(n_embd, bias=bias, dtype=dtype)
-        self.attn = CausalSelfAttention(cfg, rng, dtype, **init)
+        self.attn = CausalSelfAttention(cfg, rng, dtype, n_head=n_head, **init)
         self.ln_2 = LayerNorm(n_embd, bias=bias, dtype=dtype)
-        self.mlp = MLP(cfg, rng, dtype, hidden=4 * n_embd, **init)
+        self.mlp = MLP(cfg, rng, dtype, hidden=4 * n_embd if hidden is None else hidden,
+                       **init)
 
     def forward(self, x: Tensor, kv=None) -> Tensor:
         x = x + self.attn(self.ln_1(x), kv)                    # (B, T, C)

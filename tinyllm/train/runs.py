@@ -47,7 +47,9 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class GPTModel:
-    """A GPT's shape: ``GPTConfig``'s fields but ``vocab_size`` (the tokenizer decides it)."""
+    """A GPT's shape: ``GPTConfig``'s fields but ``vocab_size`` (the tokenizer decides it)
+    and a pruned GPT's per-layer ``mlp_hidden`` / ``layer_heads`` (not settings:
+    ``load_model`` reads them from meta.json's ``model.config``)."""
     block_size: int
     n_layer: int
     n_head: int
@@ -451,7 +453,13 @@ def load_model(path: str):
     p = Preset.from_settings(kind, s)
     if kind == "gpt":
         tok = load_tokenizer(meta["tokenizer"])
-        model = build_model(p, tok.vocab_size)
+        cfg = meta["model"].get("config")
+        if isinstance(cfg, dict) and any(cfg.get(f) is not None
+                                         for f in ("mlp_hidden", "layer_heads")):
+            # structurally pruned (tinyllm.compress.prune): the per-layer widths are the config's
+            model = GPT(GPTConfig.from_dict(cfg), seed=p.train.seed, dtype=np.dtype(p.data.dtype))
+        else:
+            model = build_model(p, tok.vocab_size)
         extra = tok
     else:
         model = build_model(p)
