@@ -386,3 +386,22 @@ def test_extend_on_a_quantised_model(keep_embeddings):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     out, _ = speculative_decode(q, PromptLookupDraft(), toks[:1, :6], 12, k=3)
     np.testing.assert_array_equal(out, tl.infer.generate(q, toks[:1, :6], 12, temperature=0))
+
+
+def test_extend_and_speculation_on_a_structurally_pruned_target(target):
+    # per-layer head counts and MLP widths (tinyllm.compress.prune.shrink) go through the
+    # chunked prefill and the speculative loop as they go through decode_step
+    from tinyllm.compress.prune import shrink
+    small = shrink(target, keep_hidden=[[0, 3, 5, 9, 17], list(range(0, 128, 3))],
+                   keep_heads=[[1], [0, 1]]).eval()
+    toks = np.random.default_rng(3).integers(0, V, (2, 30))
+    ref = token_by_token(small, toks)
+    cache = small.new_kv_cache(2)
+    small.prefill(toks[:, :4], cache)
+    got = np.concatenate([small.extend(toks[:, i:i + 3], cache) for i in range(4, 30, 3)], 1)
+    np.testing.assert_allclose(got, ref[:, 4:], rtol=0, atol=1e-9)
+    prompt = toks[:1, :6]
+    plain = tl.generate(small, prompt, 24, temperature=0.0)
+    spec, st = speculative_decode(small, noisy_copy(target, 7), prompt, 24, k=3)
+    np.testing.assert_array_equal(spec, plain)
+    assert st.accepted < st.proposed                         # the draft is not the target
