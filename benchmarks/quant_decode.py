@@ -63,11 +63,13 @@ def bytes_per_token(model) -> int:
 
 def worker(variant, tokens, quick):
     import tinyllm as tl
-    # the settings `tinyllm generate` runs with (Numba's "omp" layer: cheap launches)
-    tl.runtime.configure(numba_layer=tl.runtime.inference_layer())
     from tinyllm.models import GPT
     from tinyllm.nn import quantize_model
     method, keep = VARIANTS[variant]
+    # the settings `tinyllm generate` runs each with: Numba's "omp" layer (cheap launches)
+    # for a quantised model, "workqueue" for the float one (tinyllm.runtime)
+    tl.runtime.configure(numba_layer=tl.runtime.inference_layer() if method else
+                         tl.runtime.DEFAULT_NUMBA_LAYER)
     model = GPT(_config(quick), seed=0).eval()
     if method is not None:
         model = quantize_model(model, method, keep)               # a copy; drop the float one
@@ -129,7 +131,8 @@ def main():
     cfg = _config(a.quick)
     print(f"GPT {cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}, vocab {cfg.vocab_size}: batch-1 "
           f"KV-cache greedy decode, 16-token prompt, {a.tokens} tokens, {a.rounds} "
-          f"alternating rounds, {threads} threads, Numba layer {info[names[0]]['layer']}")
+          f"alternating rounds, {threads} threads; Numba layers: "
+          f"{', '.join(sorted({i['layer'] for i in info.values()}))}")
     print(f"copy bandwidth ceiling: {copy:.1f} GB/s (read + write)")
     base = statistics.median(rates["fp32"]) if "fp32" in rates else None
     print(f"{'variant':<15} {'tok/s':>8} {'x fp32':>7} {'MB/token':>9} {'ceiling tok/s':>14} "

@@ -3,12 +3,17 @@
 
     python benchmarks/run_compression.py --out bench-compress            # trains a teacher
     python benchmarks/run_compression.py --teacher runs/gpt --out DIR     # reuses one
-    python benchmarks/run_compression.py --quick --out /tmp/c              # smoke (~1 min)
+    python benchmarks/run_compression.py --quick --out /tmp/c     # smoke: a row of each kind
 
 For each row: ``tinyllm compress --checkpoint TEACHER --method M --out DIR/M`` (storage
 methods), then ``tinyllm eval --checkpoint DIR/M --reference TEACHER --windows N``. Each run
 is a process of its own. The rows of the "everywhere" precision modes (every op output
-rounded) run in this process through ``tl.precision``. Writes ``DIR/compression.json``,
+rounded) run in this process through ``tl.precision``. Then the second half of the lab
+(``--no-part2`` leaves it out), through the command line as well: pruning
+(``tinyllm compress --method prune``, with and without the masked fine-tune), a distilled
+2 x 64 student (``tinyllm distill``) and greedy speculative decoding of the teacher with that
+student as the draft (``tinyllm generate --draft``: the teacher's own output, so Δ = 0, and
+its measured speed-up). Writes ``DIR/compression.json``,
 ``DIR/compression.md`` (the table) and ``DIR/compression.png`` (size against loss
 difference, with decode speed as the label).
 """
@@ -77,6 +82,8 @@ def storage_rows(args, t: str) -> list:
                  "delta_se": 0.0, "bytes": base["size as stored"], "size": 1.0,
                  "decode": base.get("decode speed"), "greedy": 100.0})
     for name, method, flags in STORAGE:
+        if args.quick and name not in QUICK:
+            continue
         d = os.path.join(args.out, name.replace(" ", "_").replace(",", ""))
         _tinyllm("compress", "--checkpoint", t, "--method", method, *flags, "--out", d)
         m = _metrics(_tinyllm("eval", "--checkpoint", d, "--reference", t, *ev))
@@ -87,6 +94,84 @@ def storage_rows(args, t: str) -> list:
         print(f"{name:<32} Δ {rows[-1]['delta']:+.5f}  size {rows[-1]['size']:.3f}x  "
               f"decode {rows[-1]['decode'] or 0:.1f} tok/s", flush=True)
     return rows
+
+
+# pruning (tinyllm compress --method prune), the same way: (row name, flags)
+PRUNE = [
+    ("prune magnitude 50%", ["--sparsity", "0.5", "--scheme", "magnitude"]),
+    ("prune Wanda 50%", ["--sparsity", "0.5", "--scheme", "wanda"]),
+    ("prune 2:4 (Wanda scores)", ["--sparsity", "0.5", "--scheme", "2:4-wanda"]),
+    ("prune Wanda 50% + fine-tune", ["--sparsity", "0.5", "--scheme", "wanda",
+                                     "--finetune-steps", "{ft}"]),
+    ("prune MLP neurons 25% + fine-tune", ["--sparsity", "0.25", "--scheme", "neurons",
+                                           "--finetune-steps", "{ft}"]),
+]
+# --quick (a smoke test of the script, as CI runs it) keeps one row of each kind
+QUICK = {"int8 per-channel", "int4 group-32", "bf16 storage", "prune Wanda 50% + fine-tune",
+         "prune MLP neurons 25% + fine-tune"}
+# knowledge distillation (tinyllm distill): the student 2 layers x 64, 7.2x smaller
+DISTILL = ("distilled student 2x64", ["--n_layer=2", "--n_head=4", "--n_embd=64",
+                                      "--max_steps={steps}", "--progress=false"])
+
+
+def _eval_row(args, name, d, t, extra=None) -> dict:
+    ev = ["--windows", str(args.windows), "--decode-tokens", str(args.decode_tokens)]
+    m = _metrics(_tinyllm("eval", "--checkpoint", d, "--reference", t, *ev))
+    row = {"name": name, "loss": m["loss"], "delta": m["loss - reference"],
+           "bytes": m["size as stored"], "size": m["size / reference"],
+           "decode": m.get("decode speed"), "greedy": m["greedy agreement"],
+           "prefix": m["identical greedy prefix"], **(extra or {})}
+    print(f"{name:<32} Δ {row['delta']:+.5f}  size {row['size']:.3f}x  "
+          f"decode {row['decode'] or 0:.1f} tok/s", flush=True)
+    return row
+
+
+def prune_rows(args, t: str) -> list:
+    """Each pruning scheme through ``tinyllm compress --method prune`` (unstructured ones
+    store dense weights with zeros: the same bytes; structured ones are smaller)."""
+    ft = "20" if args.quick else str(args.finetune_steps)
+    rows = []
+    for name, flags in PRUNE:
+        if args.quick and name not in QUICK:
+            continue
+        d = os.path.join(args.out, name.replace(" ", "_").replace(":", "-").replace("%", "pc")
+                         .replace("+", "ft"))
+        _tinyllm("compress", "--checkpoint", t, "--method", "prune",
+                 *[f.format(ft=ft) for f in flags], "--out", d)
+        rows.append(_eval_row(args, name, d, t))
+    return rows
+
+
+def distill_row(args, t: str) -> dict:
+    """A 2 x 64 student trained by ``tinyllm distill`` (T = 1, alpha = 0.5) against the
+    teacher; benchmarks/DISTILLATION.md compares it with the same student trained alone."""
+    name, flags = DISTILL
+    d = os.path.join(args.out, "distilled_student")
+    steps = "30" if args.quick else str(args.distill_steps)
+    if not os.path.isdir(os.path.join(d, "last")):
+        _tinyllm("distill", "--teacher", t, "--out", d, *[f.format(steps=steps)
+                                                          for f in flags])
+    return _eval_row(args, f"{name} ({steps} steps)", d, t)
+
+
+def speculative_row(args, t: str, draft: str) -> dict:
+    """Greedy speculative decoding of the teacher with the distilled student as its draft
+    (``tinyllm generate --draft``): the output is the teacher's own greedy text, so Δ is 0
+    by construction; the speed-up is timed against plain decoding in the same process."""
+    import re
+    out = _tinyllm("generate", "--checkpoint", t, "--draft", draft, "--k", "4",
+                   "--temperature", "0", "--max-new-tokens", str(args.decode_tokens),
+                   "--prompt", "The ")
+    acc = float(re.search(r"acceptance ([0-9.]+)%", out).group(1))
+    speed = float(re.search(r"speed-up ([0-9.]+)x", out).group(1))
+    same = "identical to plain decoding: yes" in out
+    print(f"speculative k=4                  speed-up {speed:.2f}x  acceptance {acc:.1f}%  "
+          f"identical {same}", flush=True)
+    return {"name": f"speculative greedy, k=4 (draft: the distilled student; acceptance "
+                    f"{acc:.0f}%, speed-up {speed:.2f}x)", "loss": None,
+            "delta": 0.0 if same else float("nan"), "bytes": None, "size": None,
+            "decode": None, "greedy": 100.0 if same else None, "speedup": speed,
+            "acceptance": acc}
 
 
 def everywhere_rows(args, t: str) -> list:
@@ -127,7 +212,8 @@ def markdown(rows, t, windows) -> str:
         gr = f"{r['greedy']:.1f}" if r.get("greedy") is not None else "-"
         kl = f"{r['kl']:.1e}" if r.get("kl") is not None else "-"
         se = f" ± {r['delta_se']:.5f}" if r.get("delta_se") else ""
-        lines.append(f"| {r['name']} | {r['loss']:.4f} | {r['delta']:+.5f}{se} | {size} | {by} | "
+        loss = f"{r['loss']:.4f}" if r.get("loss") is not None else "(the teacher's)"
+        lines.append(f"| {r['name']} | {loss} | {r['delta']:+.5f}{se} | {size} | {by} | "
                      f"{dec} | {gr} | {kl} |")
     return "\n".join(lines) + "\n"
 
@@ -163,6 +249,11 @@ def main(argv=None) -> int:
     ap.add_argument("--precision-windows", type=int, default=200)
     ap.add_argument("--only-precision", action="store_true",
                     help="only the everywhere rows (reads DIR/compression.json's others)")
+    ap.add_argument("--finetune-steps", type=int, default=250,
+                    help="the masked fine-tune of the pruning rows")
+    ap.add_argument("--distill-steps", type=int, default=750)
+    ap.add_argument("--no-part2", action="store_true",
+                    help="leave out pruning, distillation and speculative decoding")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
@@ -175,6 +266,10 @@ def main(argv=None) -> int:
         rows = [r for r in old if "everywhere" not in r["name"]] + everywhere_rows(a, t)
     else:
         rows = storage_rows(a, t) + everywhere_rows(a, t)
+        if not a.no_part2:
+            rows += prune_rows(a, t)
+            rows.append(distill_row(a, t))
+            rows.append(speculative_row(a, t, os.path.join(a.out, "distilled_student")))
     with open(os.path.join(a.out, "compression.json"), "w") as f:
         json.dump({"teacher": t, "windows": a.windows, "rows": rows}, f, indent=1)
     md = markdown(rows, t, a.windows)

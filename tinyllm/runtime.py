@@ -21,13 +21,15 @@ What each setting does:
   before the first kernel; later it changes nothing (``configure`` returns the layer in
   effect). A user's own ``NUMBA_THREADING_LAYER`` environment variable always wins; pass
   ``numba_layer=None`` to leave Numba's default.
-  Inference is the exception: ``tinyllm generate`` and ``tinyllm eval`` ask for
-  ``INFERENCE_NUMBA_LAYER`` (``"omp"``, where OpenMP loads: ``inference_layer()``). A
-  batch-1 decoding step makes ~50 small parallel calls (the quantised matrix-vector
-  products, ``qmatmul``): a launch on ``workqueue`` cost ~105 us here (its sleeping workers
-  must be woken), on ``omp`` ~1.5 us (its workers spin a moment before they sleep), so only
-  ``omp`` lets both cores share a 768 x 768 product. Kernels ask ``cheap_launches()`` to
-  decide how small a product may still run in parallel.
+  Quantised inference is the exception: ``tinyllm generate`` and ``tinyllm eval`` of a
+  quantised checkpoint ask for ``INFERENCE_NUMBA_LAYER`` (``"omp"``, where OpenMP loads:
+  ``inference_layer()``). Its batch-1 decoding step makes ~50 small parallel calls (the
+  quantised matrix-vector products, ``qmatmul``): a launch on ``workqueue`` cost ~105 us
+  here (its sleeping workers must be woken), on ``omp`` ~1.5 us (its workers spin a while
+  before they sleep), so only ``omp`` lets both cores share a 768 x 768 product. A float
+  model stays on ``workqueue``: its products are BLAS calls, which ``omp``'s spinning
+  workers slow down (a float GPT decoded 2.5x slower on ``omp`` after its loss pass).
+  Kernels ask ``cheap_launches()`` how small a product may still run in parallel.
 - ``threads``: BLAS (NumPy's and SciPy's, through threadpoolctl) and Numba's parallel loops
   limited to ``threads`` threads from now on (None: leave them). Results are bitwise
   reproducible at a fixed thread count, so pinning also fixes the numbers.
