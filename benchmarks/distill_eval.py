@@ -5,8 +5,8 @@ distilled from a trained teacher, at equal student steps and at equal wall time.
     python benchmarks/distill_eval.py --teacher runs/gpt --out DIR       # another teacher
     python benchmarks/distill_eval.py --quick --out /tmp/d               # smoke (< 60 s)
 
-Teacher: a trained GPT run folder (default /work/cq/teacher: the "small" preset, 4 layers x
-128, char-level). Student: the teacher's settings with ``--student`` overrides (default 2
+Teacher: a trained GPT run folder (default: the "small" preset, 4 layers x 128, char-level,
+trained for 2000 steps into DIR/teacher by ``benchmarks/_teacher.py``). Student: the teacher's settings with ``--student`` overrides (default 2
 layers x 64, 4 heads; the same tokenizer, block size, batch size and constant learning rate),
 ``--steps`` steps (750). Rows, each a run folder under DIR/runs written as ``tinyllm
 distill`` / ``tinyllm train`` write them (``tinyllm.compress.distill.distill_run``,
@@ -52,7 +52,6 @@ from tinyllm.compress.distill import distill_run, student_preset, teacher_text  
 from tinyllm.train.evaluate import window_losses  # noqa: E402
 from tinyllm.train.runs import gpt_trainer, load_model  # noqa: E402
 
-DEFAULT_TEACHER = "/work/cq/teacher"
 # (row key, label, distillation settings or None for the student alone, seeds: "all"/"first")
 VARIANTS = [
     ("alone", "student alone (CE)", None, "all"),
@@ -223,7 +222,8 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", default=DEFAULT_TEACHER, help="a GPT run or checkpoint folder")
+    ap.add_argument("--teacher", default=None, help="a GPT run or checkpoint folder "
+                    "(default: the small preset trained into OUT/teacher)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--quick", action="store_true", help="a smoke run (< 60 s)")
     ap.add_argument("--steps", type=int, default=None, help="student steps (default 750)")
@@ -248,6 +248,9 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _teacher import teacher_run
+    args.teacher = teacher_run(args.teacher, args.out, q)
     teacher, tok, tmeta = load_model(_resolve(args.teacher))
     p = student_preset(tmeta["settings"], _settings(args, 0, steps))
     from tinyllm.data import encode_text, load_corpus, train_val_split

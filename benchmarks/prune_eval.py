@@ -1,7 +1,7 @@
 """Pruning a trained GPT (the teacher): sparsity -> loss difference, with and without a masked
 fine-tune, and the decode speed-up of structured pruning.
 
-    python benchmarks/prune_eval.py --teacher /work/cq/teacher --out DIR
+    python benchmarks/prune_eval.py [--teacher DIR] --out DIR   # default: trains one in DIR
     python benchmarks/prune_eval.py --quick --out /tmp/p                  # smoke (< 60 s)
 
 Every loss difference is ``tinyllm eval``'s paired one (``tinyllm.train.evaluate``:
@@ -70,8 +70,8 @@ def decode_rates(models, prompt, tokens, rounds):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", default="/work/cq/teacher", help="a GPT run or checkpoint "
-                    "folder (default /work/cq/teacher)")
+    ap.add_argument("--teacher", default=None, help="a GPT run or checkpoint folder "
+                    "(default: the small preset trained for 2000 steps into OUT/teacher)")
     ap.add_argument("--out", required=True, help="folder for prune.md / .json / .png")
     ap.add_argument("--quick", action="store_true", help="a smoke run (< 60 s)")
     ap.add_argument("--windows", type=int, default=40, help="paired eval windows (40)")
@@ -90,7 +90,9 @@ def main(argv=None) -> int:
               final=res.get("complete", False))
         return 0
     t_start = time.perf_counter()
-    folder = a.teacher
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _teacher import teacher_run
+    folder = a.teacher = teacher_run(a.teacher, a.out, a.quick)
     if os.path.isdir(os.path.join(folder, "best")):
         folder = os.path.join(folder, "best")
     if not os.path.isfile(os.path.join(folder, "meta.json")):

@@ -62,16 +62,9 @@ def _metrics(text: str) -> dict:
 
 
 def teacher(args) -> str:
-    if args.teacher:
-        return args.teacher
-    path = os.path.join(args.out, "teacher")
-    steps = "30" if args.quick else "2000"
-    if not os.path.isdir(os.path.join(path, "last")):
-        print(f"training the teacher: tinyllm train --model gpt --config small "
-              f"--max_steps={steps} --out {path}", flush=True)
-        _tinyllm("train", "--model", "gpt", "--config", "small", f"--max_steps={steps}",
-                 "--out", path)
-    return path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _teacher import teacher_run
+    return teacher_run(args.teacher, args.out, args.quick)
 
 
 def storage_rows(args, t: str) -> list:

@@ -44,7 +44,7 @@ sum over a group's rows is kept in that partial and scaled once per group. On tw
 each takes a contiguous range of rows (split at group edges) into a partial output of its
 own, and the partials are added in a fixed order. A wider product (the tied head) is cut
 into column blocks instead, one per task. Walking whole rows made the 48 matrices of a
-GPT-2-small decoding step (int8) about 1.4x faster on two threads than column blocks of
+GPT-2-small decoding step (int8) about 1.3x faster on two threads than column blocks of
 the same code, which read each row in strided pieces (benchmarks/COMPRESSION.md). For several
 rows (a prefill, an evaluation batch) each task dequantises a small (rows x columns) tile of
 its block at a time into scratch and multiplies all rows of x by it, so the weight is again
