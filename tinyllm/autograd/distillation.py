@@ -31,6 +31,8 @@ ValueError (a -inf teacher logit would make the reverse KL infinite and the forw
 0 * inf); T <= 0, alpha outside [0, 1] and an unknown kind raise ValueError naming them.
 Both terms are always computed, so alpha = 0 is plain cross-entropy plus an exact zero
 (the same gradient bit for bit) and alpha = 1 is the soft term alone.
+
+The backward pass is derived step by step in docs/derivations/distillation.md.
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ needs none. There is no backward: an update is not differentiated.
 Both implementations do the same operations in the same order with every scalar rounded to
 the arrays' dtype first, and neither contracts a multiply-add into an FMA, so they agree
 bitwise. Memory traffic per element: read p, g, m, v, write p, m, v (7 values).
+
+The backward pass is derived step by step in docs/derivations/adamw.md.
 """
 from __future__ import annotations
 

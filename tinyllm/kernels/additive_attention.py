@@ -26,6 +26,8 @@ Backward, with upstream dc (B, Dx) and dalpha (B, S) (either may be None, meanin
 
 forward(h, x, W_q, W_k, v_a, mask=None) -> ((c, alpha), cache)
 backward((dc, dalpha), cache)          -> (dh, dx, dW_q, dW_k, dv_a)
+
+The backward pass is derived step by step in docs/derivations/additive-attention.md.
 """
 from __future__ import annotations
 

@@ -43,6 +43,8 @@ partial output when the max grows), so memory stays O(T hs); the backward recomp
 tile's P from the saved lse instead of storing P. With a key mask, a 64-key block whose keys
 are all padding is skipped outright, forward and backward (padding at the end of a batch row
 costs nothing), and only a block mixing real and padded keys pays for masking its tile.
+
+The backward pass is derived step by step in docs/derivations/attention.md.
 """
 from __future__ import annotations
 

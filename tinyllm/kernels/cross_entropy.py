@@ -21,6 +21,8 @@ are not integers raise TypeError; shapes that do not fit raise ShapeError.
 forward(logits, targets, ignore_index=-100) -> (loss, cache)     loss: 0-d, logits' dtype
 backward(dloss, cache) -> (dlogits,)
 cache = (logits, targets, lse, n, ignore_index), lse (N, 2) holding the columns (m, l)
+
+The backward pass is derived step by step in docs/derivations/cross-entropy.md.
 """
 from __future__ import annotations
 

@@ -27,6 +27,8 @@ The Numba version is latency-bound at generation sizes (B=1, H=4, hs=32, L <= 12
 thousand multiply-adds per call), so it takes the caches as they are (no slicing to ``length``,
 which would force a copy) and runs one head after another in a plain loop; a prange only pays
 for itself on bigger batches.
+
+The backward pass is derived step by step in docs/derivations/attention.md.
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ Backward, with g_j = dy_j w_j (the gradient reaching xhat):
 
 forward(x, weight, bias, eps=1e-5) -> (y, cache)    cache = (x, weight, bias, mean, rstd)
 backward(dy, cache) -> (dx, dweight, dbias)
+
+The backward pass is derived step by step in docs/derivations/layernorm.md.
 """
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ None (no bias); its gradient is then None.
 
 forward(x, W1, b1, W2, b2) -> (y, cache)      cache = (x, W1, b1, W2, b2, a)
 backward(dy, cache) -> (dx, dW1, db1, dW2, db2)
+
+The backward pass is derived step by step in docs/derivations/gelu-mlp.md.
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ forward(x, out=None) -> (y, cache);  backward(dy, cache) -> (dx,)
 ``softmax_lse_ref(x)`` is the reference's math with the row logsumexp beside it
 (lse = m + log sum_j exp(x_j - m)); the attention references build their probabilities with
 it, so the softmax is written once.
+
+The backward pass is derived step by step in docs/derivations/softmax.md.
 """
 from __future__ import annotations
 

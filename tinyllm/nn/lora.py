@@ -36,6 +36,8 @@ Model-level helpers: ``apply_lora`` (replace Linears at dotted paths), ``lora_st
 ``save_adapters`` / ``load_adapters`` (a folder: ``adapters.safetensors`` + ``adapters.json``
 with r, alpha, targets and the array file's SHA-256, each file written atomically),
 ``merge_lora`` / ``unmerge_lora``.
+
+The backward pass is derived step by step in docs/derivations/lora.md.
 """
 from __future__ import annotations
 
