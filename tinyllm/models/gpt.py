@@ -403,18 +403,8 @@ class GPT(Module):
                 q = np.ascontiguousarray(qkv[0][:, :, j:j + 1])      # (B, H, 1, hs)
                 y[:, j] = attend(q, cache.k[i], cache.v[i], pos + j + 1)[0][:, :, 0]
             x += _linear(y.reshape(B * T, Ca), a.c_proj)             # residual, in place
-            if isinstance(f.c_fc, Linear) and isinstance(f.c_proj, Linear):
-                m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
-                           f.c_proj.weight.data, _data(f.c_proj.bias))   # (B T, C)
-            else:                                                    # quantised: unfused
-                h = F.gelu(Tensor(_linear(ln(x, blk.ln_2), f.c_fc)), approximate="tanh")
-                m = _linear(h.data, f.c_proj)
-            x += m
-        if quant_wte:
-            logits = t.wte.head(ln(x, t.ln_f))                       # (B T, V)
-        else:
-            logits = self._float_head(ln(x, t.ln_f))                 # (B T, V)
-        return logits.reshape(B, T, -1)
+            x += _mlp_arrays(ln(x, blk.ln_2), f, mlp)                 # (B T, C)
+        return self._head_arrays(ln(x, t.ln_f)).reshape(B, T, -1)    # (B, T, V)
 
     @staticmethod
     def truncate(cache: KVCache, length: int) -> None:
@@ -453,22 +443,18 @@ class GPT(Module):
             cache.v[i][:, :, pos] = qkv[:, 2 * A:].reshape(B, H, hs)
             y, _ = attend(q, cache.k[i], cache.v[i], pos + 1)        # (B, H, 1, hs)
             x += _linear(y.reshape(B, A), a.c_proj)                  # residual, in place
-            if isinstance(f.c_fc, Linear) and isinstance(f.c_proj, Linear):
-                m, _ = mlp(ln(x, blk.ln_2), f.c_fc.weight.data, _data(f.c_fc.bias),
-                           f.c_proj.weight.data, _data(f.c_proj.bias))   # (B, C)
-            else:                                                    # quantised: unfused
-                h = F.gelu(Tensor(_linear(ln(x, blk.ln_2), f.c_fc)), approximate="tanh")
-                m = _linear(h.data, f.c_proj)                        # (B, Hd) -> (B, C)
-            x += m
-        if quant_wte:
-            return t.wte.head(ln(x, t.ln_f))                         # (B, V)
-        return self._float_head(ln(x, t.ln_f))                       # (B, V)
+            x += _mlp_arrays(ln(x, blk.ln_2), f, mlp)                 # (B, C)
+        return self._head_arrays(ln(x, t.ln_f))                      # (B, V)
 
-    def _float_head(self, h: np.ndarray) -> np.ndarray:
-        """h (N, C) @ wte^T for a float table. A model with quantised blocks runs it on
-        Numba's threads (``qmatmul.rows_dot``: a BLAS call between the quantised products
+    def _head_arrays(self, h: np.ndarray) -> np.ndarray:
+        """The tied head on plain arrays, h (N, C) -> (N, V): through the quantised table,
+        or h @ wte^T for a float one. A model with quantised blocks runs the float product
+        on Numba's threads (``qmatmul.rows_dot``: a BLAS call between the quantised products
         fights their thread pool for the cores); a float model through BLAS."""
-        E = self.transformer.wte.weight.data                         # (V, C)
+        wte = self.transformer.wte
+        if isinstance(wte, QuantEmbedding):
+            return wte.head(h)
+        E = wte.weight.data                                          # (V, C)
         if (isinstance(self.transformer.h[0].attn.c_attn, QuantLinear)
                 and kernels.default_impl() == "numba"):
             return rows_dot(h, E)
@@ -494,6 +480,16 @@ class GPT(Module):
 
 def _data(p):
     return None if p is None else p.data
+
+
+def _mlp_arrays(h: np.ndarray, f, mlp) -> np.ndarray:
+    """A block's MLP on plain arrays, h = ln_2(x) (N, C) -> (N, C): the fused ``mlp``
+    kernel for float Linears, else (quantised) the two products with GELU between."""
+    if isinstance(f.c_fc, Linear) and isinstance(f.c_proj, Linear):
+        return mlp(h, f.c_fc.weight.data, _data(f.c_fc.bias), f.c_proj.weight.data,
+                   _data(f.c_proj.bias))[0]
+    g = F.gelu(Tensor(_linear(h, f.c_fc)), approximate="tanh")      # (N, Hd)
+    return _linear(g.data, f.c_proj)
 
 
 def _linear(x: np.ndarray, lin) -> np.ndarray:
