@@ -481,6 +481,19 @@ def _cuda_factory(dtype, HS, TILE):
             s0 += a[d] * B[j, d]
         return (s0 + s1) + (s2 + s3)
 
+    @cuda.jit(device=True)
+    def kv_tile(k, v, km, has_mask, bh, b, k0, T, i, Ks, Vs, Ms):
+        """Keys and values k0..k0+TILE-1 into shared memory, cooperatively (thread i takes
+        every TILE-th element), and Ms[i] = 1 where key k0+i exists and is not masked."""
+        for e in range(i, TILE * HS, TILE):
+            j = e // HS
+            d = e - j * HS
+            if k0 + j < T:
+                Ks[j, d] = k[bh, k0 + j, d]
+                Vs[j, d] = v[bh, k0 + j, d]
+        kk = k0 + i
+        Ms[i] = 1 if kk < T and (not has_mask or km[b, kk]) else 0
+
     @cuda.jit
     def attn_fwd(q, k, v, scale, causal, has_mask, H, km, out, lse, cst):
         Ks = cuda.shared.array((TILE, HS), st)
@@ -503,14 +516,7 @@ def _cuda_factory(dtype, HS, TILE):
         l_ = zero
         kend = min(T, q0 + TILE) if causal else T
         for k0 in range(0, kend, TILE):
-            for e in range(i, TILE * HS, TILE):          # the tile, cooperatively
-                j = e // HS
-                d = e - j * HS
-                if k0 + j < T:
-                    Ks[j, d] = k[bh, k0 + j, d]
-                    Vs[j, d] = v[bh, k0 + j, d]
-            kk = k0 + i
-            Ms[i] = 1 if kk < T and (not has_mask or km[b, kk]) else 0
+            kv_tile(k, v, km, has_mask, bh, b, k0, T, i, Ks, Vs, Ms)
             cuda.syncthreads()
             if live:
                 for j in range(min(TILE, T - k0)):
@@ -620,14 +626,7 @@ def _cuda_factory(dtype, HS, TILE):
             gq[d] = zero
         kend = min(T, q0 + TILE) if causal else T
         for k0 in range(0, kend, TILE):
-            for e in range(i, TILE * HS, TILE):
-                j = e // HS
-                d = e - j * HS
-                if k0 + j < T:
-                    Ks[j, d] = k[bh, k0 + j, d]
-                    Vs[j, d] = v[bh, k0 + j, d]
-            kk = k0 + i
-            Ms[i] = 1 if kk < T and (not has_mask or km[b, kk]) else 0
+            kv_tile(k, v, km, has_mask, bh, b, k0, T, i, Ks, Vs, Ms)
             cuda.syncthreads()
             if live and lt != ninf:
                 for j in range(min(TILE, T - k0)):
