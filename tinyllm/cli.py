@@ -184,6 +184,19 @@ def _writable_dir(path, flag):
         raise UsageError(f"{flag} {path!r} is not writable")
 
 
+def _fit(trainer, resumed: bool, again: str, say=print):
+    """``trainer.fit()`` as the training commands run it: the resume line first; on Ctrl-C
+    (the trainer has saved last/ and said so) the command that continues the run, and None.
+    Returns the TrainResult."""
+    if resumed:
+        say(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        say(f"tinyllm: interrupted; continue with: {again} --resume", file=sys.stderr)
+        return None
+
+
 def cmd_train(args) -> int:
     import os
 
@@ -264,13 +277,8 @@ def cmd_train(args) -> int:
         say(f"AttentionRNN ({'additive' if s['attention'] else 'no'} attention) on "
             f"{s['task']} lengths {s['min_len']}-{s['max_len']}, "
             f"{trainer.model.num_parameters():,} parameters")
-    if args.resume:
-        say(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
-    try:
-        r = trainer.fit()
-    except KeyboardInterrupt:            # the trainer saved last/ and said so
-        say(f"tinyllm: interrupted; continue with: tinyllm train --model {args.model} "
-            f"--out {args.out} --resume", file=sys.stderr)
+    r = _fit(trainer, args.resume, f"tinyllm train --model {args.model} --out {args.out}", say)
+    if r is None:
         return 130
     last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
     bits = trainer.bits(r.best_val)
@@ -336,13 +344,8 @@ def cmd_distill(args) -> int:
           f"{n_s:,} parameters ({teacher.num_parameters() / n_s:.1f}x smaller)")
     print(f"loss = {d.alpha:g} * T^2 * KL_{d.kind} + {1 - d.alpha:g} * CE at T = "
           f"{d.temperature:g}; val loss is the student's own cross-entropy")
-    if args.resume:
-        print(f"resuming from step {trainer.step} of {trainer.cfg.max_steps}")
-    try:
-        r = trainer.fit()
-    except KeyboardInterrupt:            # the trainer saved last/ and said so
-        print(f"tinyllm: interrupted; continue with: tinyllm distill --teacher {args.teacher} "
-              f"--out {args.out} --resume", file=sys.stderr)
+    r = _fit(trainer, args.resume, f"tinyllm distill --teacher {args.teacher} --out {args.out}")
+    if r is None:
         return 130
     last_val = f"{r.val_losses[-1][1]:.4f}" if r.val_losses else "-"
     print(f"stopped ({r.stopped}) at step {r.steps}: val loss {last_val}, best "
