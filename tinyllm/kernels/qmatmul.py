@@ -52,6 +52,7 @@ read once and only a tile is ever in float.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -371,16 +372,20 @@ def _mv_rows_par(x, qw, s, gs, bits, y, Y, bounds, cst):
         y[j] = v
 
 
+@functools.lru_cache(maxsize=256)
 def _row_bounds(n_in, gs, tasks):
     """Split rows 0..n_in into ``tasks`` ranges at group edges (several groups) or at
-    multiples of 4 (one group: the four-row passes, whole int4 bytes)."""
+    multiples of 4 (one group: the four-row passes, whole int4 bytes). Cached: a decoding
+    step asks for the same few splits ~50 times (the array is read-only)."""
     G = -(-n_in // gs)
     if G > 1:
         b = [min(n_in, (G * t // tasks) * gs) for t in range(tasks + 1)]
     else:
         b = [min(n_in, (n_in * t // tasks) // 4 * 4) for t in range(tasks + 1)]
     b[-1] = n_in
-    return np.array(sorted(set(b)), np.int64)
+    out = np.array(sorted(set(b)), np.int64)
+    out.flags.writeable = False
+    return out
 
 
 @njit(inline="always")
