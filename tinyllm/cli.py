@@ -461,22 +461,10 @@ def _stream_sample(model, tok, ids, args, rng, write) -> list:
 SAMPLE_SEPARATOR = "-" * 40
 
 
-def _inference_layer(model) -> None:
-    """A quantised model decodes on Numba's "omp" layer (tinyllm.runtime: ~50 small parallel
-    products per token need cheap launches); a float one stays on "workqueue", whose
-    sleeping workers leave the cores to the BLAS calls that do its products (on "omp" a
-    float GPT's decoding after its loss pass measured 2.5x slower). Called after loading,
-    before any kernel has run."""
-    from .nn import QuantEmbedding, QuantLinear
-    if any(isinstance(m, (QuantLinear, QuantEmbedding)) for _, m in model.named_modules()):
-        runtime.configure(numba_layer=runtime.inference_layer())
-
-
 def cmd_generate(args) -> int:
     from .data import UnknownTokenError
     from .infer import beam_search, generate
     model, extra, meta, _ = _load_model_arg(args.checkpoint)
-    _inference_layer(model)
     prompt = _read_prompt(args.prompt)
     rng = np.random.default_rng(args.seed)  # one stream: sample 0 is what --seed gave before
 
@@ -592,7 +580,6 @@ def cmd_eval(args) -> int:
     from .data import UnknownTokenError, load_corpus, train_val_split
     from .train.evaluate import EVAL_WINDOWS, evaluate_gpt, evaluate_rnn
     model, extra, meta, folder = _load_model_arg(args.checkpoint)
-    _inference_layer(model)
     kind = meta["model"]["type"]
     head = f"checkpoint {folder} ({kind}, step {meta.get('step', '?')})"
     if kind == "rnn":

@@ -7,29 +7,27 @@ or a notebook opts in the same way, once, before it trains anything::
 
     import tinyllm as tl
     from tinyllm import runtime
-    runtime.configure()                          # the CLI's settings: Numba on "workqueue"
+    runtime.configure()                          # the CLI's settings: Numba on "omp"
     runtime.configure(threads=2, keep_freed_memory=True)   # also pin threads, tune malloc
     with runtime.pinned_threads(1):              # one thread for a block, restored after
         ...
 
 What each setting does:
 
-- ``numba_layer`` (default ``"workqueue"``): the threading layer of Numba's parallel loops.
-  With the ``omp`` layer idle OpenMP workers spin, stealing cores from the NumPy BLAS calls
-  that come between kernels (the MLP measured ~10% slower on two cores); ``workqueue``'s
-  workers sleep. Numba fixes its layer at its first parallel call, so ``configure`` must run
-  before the first kernel; later it changes nothing (``configure`` returns the layer in
-  effect). A user's own ``NUMBA_THREADING_LAYER`` environment variable always wins; pass
-  ``numba_layer=None`` to leave Numba's default.
-  Quantised inference is the exception: ``tinyllm generate`` and ``tinyllm eval`` of a
-  quantised checkpoint ask for ``INFERENCE_NUMBA_LAYER`` (``"omp"``, where OpenMP loads:
-  ``inference_layer()``). Its batch-1 decoding step makes ~50 small parallel calls (the
-  quantised matrix-vector products, ``qmatmul``): a launch on ``workqueue`` cost ~105 us
-  here (its sleeping workers must be woken), on ``omp`` ~1.5 us (its workers spin a while
-  before they sleep), so only ``omp`` lets both cores share a 768 x 768 product. A float
-  model stays on ``workqueue``: its products are BLAS calls, which ``omp``'s spinning
-  workers slow down (a float GPT decoded 2.5x slower on ``omp`` after its loss pass).
-  Kernels ask ``cheap_launches()`` how small a product may still run in parallel.
+- ``numba_layer`` (default ``"omp"``, or ``"workqueue"`` where OpenMP does not load): the
+  threading layer of Numba's parallel loops. Numba fixes its layer at its first parallel
+  call, so ``configure`` must run before the first kernel; later it changes nothing
+  (``configure`` returns the layer in effect). A user's own ``NUMBA_THREADING_LAYER``
+  environment variable always wins; pass ``numba_layer=None`` to leave Numba's default.
+  A launch on ``omp`` costs ~2 us (its workers spin a while before they sleep), on
+  ``workqueue`` 50-105 us (its sleeping workers must be woken). A GPT step makes a hundred
+  or more parallel calls, a decoding step ~50, so the layer matters. ``omp``'s spinning
+  workers used to slow the BLAS calls between the kernels (NumPy's OpenBLAS runs a pool of
+  its own: a float GPT decoded 2.5x slower on ``omp``); since the matrix products run on
+  Numba's pool too (``tinyllm.kernels.matmul``: single-threaded BLAS on tiles, one pool for
+  everything), nothing competes with them. Kernels ask ``cheap_launches()`` how small a
+  product may still run in parallel. ``INFERENCE_NUMBA_LAYER`` / ``inference_layer()`` name
+  the same choice for inference programs.
 - ``threads``: BLAS (NumPy's and SciPy's, through threadpoolctl) and Numba's parallel loops
   limited to ``threads`` threads from now on (None: leave them). Results are bitwise
   reproducible at a fixed thread count, so pinning also fixes the numbers.
@@ -47,7 +45,8 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_NUMBA_LAYER = "workqueue"
+DEFAULT_NUMBA_LAYER = "omp"
+FALLBACK_NUMBA_LAYER = "workqueue"               # where OpenMP (libgomp) does not load
 INFERENCE_NUMBA_LAYER = "omp"
 _CHEAP = ("omp", "tbb")                          # layers whose workers spin between launches
 
@@ -78,14 +77,21 @@ def numba_threads() -> int:
     return 1 if numba is None else int(numba.get_num_threads())
 
 
-def inference_layer() -> str:
-    """The layer inference programs ask for: ``INFERENCE_NUMBA_LAYER`` where Numba can load
-    it (OpenMP needs libgomp), else ``DEFAULT_NUMBA_LAYER``."""
+def _loadable(layer: str) -> str:
+    """``layer``, or ``FALLBACK_NUMBA_LAYER`` when it is "omp" and OpenMP does not load."""
+    if layer != "omp":
+        return layer
     try:
         from numba.np.ufunc import omppool  # noqa: F401
     except ImportError:                          # pragma: no cover - no libgomp here
-        return DEFAULT_NUMBA_LAYER
-    return INFERENCE_NUMBA_LAYER
+        return FALLBACK_NUMBA_LAYER
+    return layer
+
+
+def inference_layer() -> str:
+    """The layer inference programs ask for: ``INFERENCE_NUMBA_LAYER`` where Numba can load
+    it (OpenMP needs libgomp), else ``FALLBACK_NUMBA_LAYER``."""
+    return _loadable(INFERENCE_NUMBA_LAYER)
 
 
 _launched = None                                 # the layer, once Numba has fixed it
@@ -118,7 +124,7 @@ def set_numba_layer(layer: str | None = DEFAULT_NUMBA_LAYER) -> str | None:
         try:
             numba.threading_layer()              # already launched: too late to change
         except ValueError:
-            numba.config.THREADING_LAYER = layer
+            numba.config.THREADING_LAYER = _loadable(layer)
     return numba_layer_in_effect()
 
 
@@ -208,4 +214,4 @@ _keep_freed_memory = keep_freed_memory
 
 __all__ = ["configure", "set_numba_layer", "numba_layer_in_effect", "numba_threads", "Pinned",
            "pinned_threads", "keep_freed_memory", "DEFAULT_NUMBA_LAYER",
-           "INFERENCE_NUMBA_LAYER", "inference_layer", "cheap_launches"]
+           "INFERENCE_NUMBA_LAYER", "FALLBACK_NUMBA_LAYER", "inference_layer", "cheap_launches"]

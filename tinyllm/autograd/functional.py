@@ -17,6 +17,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ShapeError
 from .ops import dropout, embedding, gelu, relu, sigmoid, tanh  # noqa: F401  (re-exported)
+from .ops import linear as _linear_node
 from .tensor import Function, Tensor
 from .distillation import distill_kl, distill_loss  # noqa: F401  (re-exported)
 
@@ -134,7 +135,11 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ W + b with W (in, out): (..., in) @ (in, out) -> (..., out)."""
+    """x @ W + b with W (in, out): (..., in) @ (in, out) -> (..., out). A 2-D x with a 2-D
+    W is one graph node (``ops.Linear``: the bias added in the product's own pass)."""
+    if (isinstance(x, Tensor) and x.ndim == 2 and getattr(weight, "ndim", 0) == 2
+            and (bias is None or getattr(bias, "ndim", 0) == 1)):
+        return _linear_node(x, weight, bias)
     out = x @ weight
     return out + bias if bias is not None else out
 

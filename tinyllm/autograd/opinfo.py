@@ -93,6 +93,16 @@ def _matmul(rng):
                   lambda a, b: a @ b)
 
 
+def _linear(rng):
+    n, i, o = (int(v) for v in rng.integers(1, 6, size=3))
+    if rng.random() < 0.5:                 # x @ W + b, one node (ops.Linear)
+        return Sample(F.linear, [rng.standard_normal((n, i)), rng.standard_normal((i, o)),
+                                 rng.standard_normal(o)], lambda x, w, b: x @ w + b)
+    return Sample(lambda x, w: F.linear(x, w), [rng.standard_normal((n, i)),
+                                                rng.standard_normal((i, o))],
+                  lambda x, w: x @ w, note="no bias")
+
+
 def _reduction(method, ref):
     def sample(rng):
         x = rng.standard_normal(_shape(rng, rng.integers(1, 4), lo=2))
@@ -304,6 +314,7 @@ OPS: list[OpInfo] = [
     OpInfo("neg", _unary(lambda a: -a, np.negative)),
     OpInfo("pow", _pow),
     OpInfo("matmul", _matmul),
+    OpInfo("linear", _linear),
     OpInfo("exp", _unary(ops.exp, np.exp)),
     OpInfo("log", _unary(ops.log, np.log, _positive)),
     OpInfo("sqrt", _unary(ops.sqrt, np.sqrt, _positive)),

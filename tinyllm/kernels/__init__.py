@@ -47,6 +47,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ._family import GBPS, GFLOPS, Family, Size, Work
 
 # the family modules, from the package's files (importing none of them)
@@ -194,6 +196,21 @@ def num_threads() -> int:
     return _threads()
 
 
+def matmul(a, b, bias=None):
+    """``a @ b`` (``+ bias``) of 2-D arrays by the implementation in effect: with ``numba``,
+    the tiled product on Numba's threads (``tinyllm.kernels._gemm``: one thread pool, BLAS
+    single-threaded on each tile, the bias added in the tile); otherwise, and for any other
+    array type, NumPy's (or the array's own) matmul. Returns a new array."""
+    if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and default_impl() == "numba"):
+        from ._gemm import gemm
+        return gemm(a, b, bias=bias)
+    out = a @ b
+    if bias is not None:
+        out += bias
+    return out
+
+
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
            "family", "Family", "Size", "Work", "GBPS", "GFLOPS", "numba_available",
-           "num_threads", "cuda_unavailable"]
+           "num_threads", "cuda_unavailable", "matmul"]

@@ -41,6 +41,7 @@ import numpy as np
 from . import Kernel
 from ._check import contiguous, dout_like, floats, ndim, shape
 from ._family import GFLOPS, Family, Size, Work
+from ._gemm import gemm
 from ._nb import SERIAL_WORK, chunk, chunks, fexp, njit, prange
 from ..errors import ShapeError
 
@@ -196,16 +197,14 @@ def forward_numba(x, W1, b1, W2, b2):
     a = np.empty((N, H), x.dtype)
     h = np.empty((N, H), x.dtype)
     y = np.empty((N, Co), x.dtype)
-    np.matmul(x2, W1, out=a)
+    gemm(x2, W1, out=a)                                       # (N, C) @ (C, H)
     if N:
         args = (a, b1 if b1 is not None else np.zeros(H, x.dtype), h, _consts(x.dtype))
         if a.size < SERIAL_WORK:
             _bias_gelu_fwd_serial(*args)
         else:
             _bias_gelu_fwd(*args, chunks(N))
-    np.matmul(h, W2, out=y)
-    if b2 is not None:
-        y += b2
+    gemm(h, W2, out=y, bias=b2)                               # (N, H) @ (H, C_out) + b2
     return y.reshape(x.shape[:-1] + (Co,)), (x, W1, b1, W2, b2, a)
 
 
@@ -218,16 +217,16 @@ def backward_numba(dy, cache):
     N, H = a.shape
     da = np.empty((N, H), x.dtype)
     h = np.empty((N, H), x.dtype)
-    np.matmul(dy2, W2.T, out=da)                              # dh, becomes da in place
+    gemm(dy2, W2.T, out=da)                                   # dh, becomes da in place
     nch = max(1, min(N, _BWD_CHUNKS))
     dbp = np.zeros((nch, H), x.dtype)
     if N:
         _gelu_bwd(a, da, h, dbp, _consts(x.dtype), nch)
-    dW2 = h.T @ dy2
+    dW2 = gemm(h.T, dy2)                                      # (H, N) @ (N, C_out)
     db2 = dy2.sum(axis=0) if b2 is not None else None
-    dW1 = x2.T @ da
+    dW1 = gemm(x2.T, da)                                      # (C, N) @ (N, H)
     db1 = dbp.sum(axis=0) if b1 is not None else None
-    dx = (da @ W1.T).reshape(x.shape)
+    dx = gemm(da, W1.T).reshape(x.shape)                      # (N, H) @ (H, C)
     return dx, dW1, db1, dW2, db2
 
 

@@ -327,9 +327,9 @@ class CausalSelfAttention(Module):
         H, hs = self.n_head, self.head_size
         A = H * hs                                             # C unless heads were pruned
         cols = slice(i * A, (i + 1) * A)
-        z = x2 @ self.c_attn.weight[:, cols]                   # (B T, C) @ (C, A) -> (B T, A)
-        if self.c_attn.bias is not None:
-            z = z + self.c_attn.bias[cols]
+        b = self.c_attn.bias
+        z = F.linear(x2, self.c_attn.weight[:, cols],                # (B T, C) @ (C, A)
+                     None if b is None else b[cols])                 # -> (B T, A)
         return z.reshape((B, T, H, hs)).transpose((0, 2, 1, 3))  # (B, H, T, hs)
 
     @staticmethod

@@ -11,14 +11,14 @@ back down to an input's shape.
     select.py       where masked_fill embedding dropout
 """
 from ._util import broadcast_shape, lift, normalize_axes, unbroadcast
-from .arith import add, div, matmul, mul, neg, pow, rpow, sub
+from .arith import add, div, linear, matmul, mul, neg, pow, rpow, sub
 from .elementwise import exp, gelu, log, relu, sigmoid, sqrt, tanh
 from .reduce import max, mean, sum, var
 from .select import dropout, embedding, masked_fill, where
 from .shape import concat, getitem, permute, reshape, split, stack, swapaxes, transpose
 
 __all__ = ["broadcast_shape", "lift", "normalize_axes", "unbroadcast", "add", "sub", "mul",
-           "div", "neg", "pow", "rpow", "matmul", "exp", "log", "sqrt", "tanh", "sigmoid",
-           "relu", "gelu", "sum", "mean", "max", "var", "reshape", "transpose", "permute",
+           "div", "neg", "pow", "rpow", "matmul", "linear", "exp", "log", "sqrt", "tanh",
+           "sigmoid", "relu", "gelu", "sum", "mean", "max", "var", "reshape", "transpose", "permute",
            "swapaxes", "getitem", "concat", "stack", "split", "where", "masked_fill",
            "embedding", "dropout"]

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from ... import kernels
 from ...errors import ShapeError
 from ..tensor import Function, Tensor
 from ._util import _binary_operands, broadcast_shape, broadcasting, unbroadcast
@@ -140,11 +141,17 @@ class MatMul(Function):
             raise ShapeError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape}")
         broadcast_shape("matmul", a.shape[:-2], b.shape[:-2])
         ctx.save_for_backward(a, b)
+        if a.ndim == 2 and b.ndim == 2:
+            return kernels.matmul(a, b)                 # one pool of threads (kernels._gemm)
         return a @ b
 
     @staticmethod
     def backward(ctx, dout):
         a, b = ctx.saved
+        if a.ndim == 2 and b.ndim == 2:                 # (m, k) @ (k, n): no copies of a.T, b.T
+            da = kernels.matmul(dout, b.T) if ctx.needs_input_grad[0] else None
+            db = kernels.matmul(a.T, dout) if ctx.needs_input_grad[1] else None
+            return da, db
         a2 = a[None, :] if a.ndim == 1 else a           # (..., m, k)
         b2 = b[:, None] if b.ndim == 1 else b           # (..., k, n)
         d = dout[..., None] if b.ndim == 1 else dout
@@ -158,3 +165,38 @@ class MatMul(Function):
 
 
 def matmul(a, b): return MatMul.apply(*_binary_operands(a, b, "matmul"))
+
+
+class Linear(Function):
+    """x @ W + b as one node: x (N, in), W (in, out), b (out,) or None.
+
+    Forward is one product with the bias added in the same pass (``kernels.matmul``); the
+    backward is dx = dy W^T, dW = x^T dy, db = sum_n dy. As a MatMul node and an Add node
+    it cost a second pass over the (N, out) output each way and a fresh array for it."""
+
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+            raise ShapeError(f"linear: x must be (N, in) and W (in, out), got {x.shape} and "
+                             f"{w.shape}")
+        if b is not None and b.shape != (w.shape[1],):
+            raise ShapeError(f"linear: bias must be ({w.shape[1]},), got {b.shape}")
+        dt = np.result_type(x, w) if b is None else np.result_type(x, w, b)
+        x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return kernels.matmul(x, w, None if b is None else b.astype(dt, copy=False))
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w = ctx.saved
+        need = ctx.needs_input_grad
+        dx = kernels.matmul(dout, w.T) if need[0] else None
+        dw = kernels.matmul(x.T, dout) if need[1] else None
+        db = dout.sum(axis=0) if ctx.has_bias and need[2] else None
+        return dx, dw, db
+
+
+def linear(x, w, b=None):
+    """x (N, in) @ W (in, out) + b (out,) as one graph node (``Linear``)."""
+    return Linear.apply(x, w, b)
