@@ -770,12 +770,39 @@ def _compress_prune(args, model, tok, meta, folder) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import BenchUsageError, run
+    if args.profile:
+        return _bench_profile(args)
     try:
         run(quick=args.quick, only=args.only, json_path=args.json, plot_path=args.plot,
             threads=args.threads, repeats=args.repeats, torch=not args.no_torch,
             torch_inprocess=args.torch_inprocess)
     except BenchUsageError as e:
         raise UsageError(str(e)) from None
+    return 0
+
+
+def _bench_profile(args) -> int:
+    """``tinyllm bench --profile``: the per-op breakdown of one training step
+    (tinyllm.bench.profile), each engine in its own process."""
+    from .bench import BenchUsageError, check_output, machine, profile, specs
+    if args.only or args.plot or args.repeats or args.torch_inprocess:
+        raise UsageError("--profile takes only --quick, --json, --threads and --no-torch")
+    try:
+        if args.json is not None:
+            check_output(args.json, "--json", ".json")
+    except BenchUsageError as e:
+        raise UsageError(str(e)) from None
+    threads = args.threads or min(machine.cores(), machine.max_threads())
+    steps = (2, 3) if args.quick else (8, 10)
+    entries = profile.run(specs.model_specs(args.quick), threads=threads,
+                          torch=not args.no_torch and machine.torch_installed(),
+                          warm_steps=steps[0], steps=steps[1],
+                          log=lambda m: print(m, file=sys.stderr))
+    print(profile.table(entries))
+    if args.json is not None:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"profile": entries, "threads": threads}, f, indent=1)
     return 0
 
 
@@ -1025,6 +1052,10 @@ def _parser():
     b.add_argument("--no-torch", action="store_true", help="skip the torch comparison")
     b.add_argument("--torch-inprocess", action="store_true", help="also time torch's "
                    "kernels in this process, beside Numba")
+    b.add_argument("--profile", action="store_true", help="instead: one GPT training step "
+                   "of configs A and B op by op (every graph node, forward and backward, the "
+                   "optimiser, the overhead between them) beside torch.profiler's breakdown "
+                   "of the same step; --json writes it, --quick profiles fewer steps")
     b.set_defaults(run=cmd_bench)
     return p
 

@@ -112,4 +112,85 @@ def train_and_generate(step, generate, m: dict, base_mb: float, after_model_mb: 
                            "peak_is_train_only": exact}}
 
 
-__all__ = ["measure", "summarize", "rss_mb", "reset_peak_rss", "train_and_generate"]
+class OpProfile:
+    """Where a step's time goes, op by op: what ``tinyllm bench --profile`` prints.
+
+    While one is active (``with OpProfile() as prof:``), the autograd engine records every
+    graph node's forward and backward (``add(phase, name, seconds, fresh_bytes)``: seconds
+    inside the op, and the bytes of the arrays it returned that own their memory, i.e. fresh
+    allocations), and the matrix-product tiles (``kernels.matmul``) record themselves as
+    ``"gemm"`` nested inside whichever node called them (``nested``). Nothing is recorded
+    while none is active: the engine checks one global per op.
+
+    ``phase(name)`` times a whole phase of the step (forward, backward, optimiser, ...);
+    what a phase spends outside its ops is the Python and engine overhead between them.
+    """
+
+    _active = None
+
+    def __init__(self):
+        self.ops = {}        # (phase, name) -> [seconds, calls, fresh bytes]
+        self.nested = {}     # (phase, node, name) -> [seconds, calls]
+        self.phases = {}     # phase -> [seconds, calls]
+        self.current = None  # the phase being timed
+        self.node = None     # the graph node running now (set by the engine)
+
+    def __enter__(self):
+        OpProfile._active = self
+        return self
+
+    def __exit__(self, *exc):
+        OpProfile._active = None
+        return False
+
+    def add(self, name: str, seconds: float, fresh_bytes: int = 0, phase: str | None = None):
+        key = (phase or self.current or "-", name)
+        r = self.ops.get(key)
+        if r is None:
+            r = self.ops[key] = [0.0, 0, 0]
+        r[0] += seconds
+        r[1] += 1
+        r[2] += fresh_bytes
+
+    def add_nested(self, name: str, seconds: float):
+        key = (self.current or "-", self.node or "-", name)
+        r = self.nested.get(key)
+        if r is None:
+            r = self.nested[key] = [0.0, 0]
+        r[0] += seconds
+        r[1] += 1
+
+    def phase(self, name: str):
+        """``with prof.phase("forward"): ...``: time a phase; ops inside are filed under it."""
+        prof = self
+
+        class _Phase:
+            def __enter__(self):
+                self.prev, prof.current = prof.current, name
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                r = prof.phases.setdefault(name, [0.0, 0])
+                r[0] += time.perf_counter() - self.t0
+                r[1] += 1
+                prof.current = self.prev
+                return False
+        return _Phase()
+
+
+def active_profile() -> OpProfile | None:
+    """The ``OpProfile`` recording now, or None (the common case: one attribute read)."""
+    return OpProfile._active
+
+
+def fresh_bytes(arrays) -> int:
+    """Bytes of the arrays among ``arrays`` that own their memory (not views)."""
+    n = 0
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.base is None:
+            n += a.nbytes
+    return n
+
+
+__all__ = ["measure", "summarize", "rss_mb", "reset_peak_rss", "train_and_generate",
+           "OpProfile", "active_profile", "fresh_bytes"]

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import traceback
 
 import numpy as np
 
 from ..errors import AnomalyError, ShapeError
+from ..stopwatch import OpProfile, fresh_bytes
 from ..precision import _ACTIVE as _PRECISION   # tl.precision.everywhere's output rounding
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -413,6 +415,10 @@ class Function:
         track = _state["grad"] and any(needs)
         parents = tuple(a if n else None for a, n in zip(args, needs))
         ctx = Context(cls, parents, needs)
+        prof = OpProfile._active                 # tinyllm bench --profile: None otherwise
+        if prof is not None:
+            prof.node = f"{options['kernel']} (kernel)" if "kernel" in options else cls.__name__
+            t0 = time.perf_counter()
         out = cls.forward(ctx, *arrays, **options)
         several = isinstance(out, tuple)
         outs = out if several else (out,)
@@ -420,6 +426,9 @@ class Function:
             raise RuntimeError(f"{cls.__name__}.forward returned an empty tuple; it must "
                                f"return an array or a tuple of arrays")
         outs = tuple(o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs)
+        if prof is not None:
+            prof.add(prof.node, time.perf_counter() - t0, fresh_bytes(outs))
+            prof.node = None
         rnd = _PRECISION["round"]
         if rnd is not None:     # inside tl.precision.everywhere(fmt): round every output
             outs = tuple(rnd(o) for o in outs)
@@ -435,6 +444,12 @@ class Function:
                 r._ctx, r._out = ctx, i
             results.append(r)
         return tuple(results) if several else results[0]
+
+
+def _op_name(ctx: Context) -> str:
+    """A node's name in a profile: its Function's, or for a kernel node the kernel's."""
+    k = ctx.__dict__.get("kernel")
+    return f"{k.name} (kernel)" if getattr(k, "name", None) else ctx.op.__name__
 
 
 def _send(t: Tensor, g: np.ndarray, node_grads: dict, tensor_grads: dict) -> None:
@@ -460,9 +475,16 @@ def _backward_node(ctx: Context, douts: list, node_grads: dict, tensor_grads: di
     if ctx.freed:
         raise RuntimeError(f"backward: the graph through {ctx.op.__name__} was already freed "
                            f"by an earlier backward(); pass retain_graph=True to the first call")
+    prof = OpProfile._active
+    if prof is not None:
+        prof.node = _op_name(ctx)
+        t0 = time.perf_counter()
     in_grads = ctx.op.backward(ctx, *douts)
     if not isinstance(in_grads, (tuple, list)):
         in_grads = (in_grads,)
+    if prof is not None:
+        prof.add(prof.node, time.perf_counter() - t0, fresh_bytes(in_grads))
+        prof.node = None
     if len(in_grads) != len(ctx.parents):
         raise RuntimeError(f"{ctx.op.__name__}.backward returned {len(in_grads)} gradients "
                            f"for {len(ctx.parents)} inputs")

@@ -39,14 +39,13 @@ def vocab_size() -> int:
     return CharTokenizer(load_corpus(None)).vocab_size
 
 
-def child(spec: dict) -> dict:
-    """tinyllm's side of one configuration (runs in the child process)."""
-    from .. import runtime
-    runtime.configure(threads=int(spec["threads"]))    # a process of its own: pinned for good
-    from .. import generate, kernels, optim
+def build(spec: dict):
+    """The GPT, AdamW and one batch of ``spec`` (step 1 of the module docstring): returns
+    ``(model, opt, params, x, y, rng)`` (rng: the Generator the batch came from, which the
+    prompt is drawn from next, as in the torch peer). The profiler (``tinyllm.bench.profile``) builds the same."""
+    from .. import optim
     from ..models import GPT, GPTConfig
     m, V = spec["model"], spec["vocab_size"]
-    base = rss_mb()["rss"]
     cfg = GPTConfig(vocab_size=V, block_size=m["block_size"], n_layer=m["n_layer"],
                     n_head=m["n_head"], n_embd=m["n_embd"], dropout=0.0, bias=True)
     model = GPT(cfg, seed=spec.get("seed", 0))
@@ -57,7 +56,18 @@ def child(spec: dict) -> dict:
     rng = np.random.default_rng(spec.get("seed", 0))
     B, T = m["batch_size"], m["block_size"]
     data = rng.integers(0, V, size=(B, T + 1))
-    x, y = data[:, :-1].copy(), data[:, 1:].copy()
+    return model, opt, params, data[:, :-1].copy(), data[:, 1:].copy(), rng
+
+
+def child(spec: dict) -> dict:
+    """tinyllm's side of one configuration (runs in the child process)."""
+    from .. import runtime
+    runtime.configure(threads=int(spec["threads"]), keep_freed_memory=True)  # pinned for good
+    from .. import generate, kernels, optim
+    m, V = spec["model"], spec["vocab_size"]
+    base = rss_mb()["rss"]
+    model, opt, params, x, y, rng = build(spec)
+    B, T = x.shape
     after_model = rss_mb()["rss"]
 
     def step():

@@ -25,6 +25,8 @@ Jobs (``spec["job"]``):
   tied head, a preallocated KV cache for decoding) with the config in ``spec["model"]``:
   training steps (forward, backward, clip to norm 1, AdamW) and greedy generation with and
   without the KV cache, plus the process's resident memory.
+- ``"profile"``: the same model's training step under ``torch.profiler``, each aten op's
+  self CPU time per step (``tinyllm bench --profile``; ``tinyllm.bench.profile``).
 
 Timing is ``tinyllm/stopwatch.py`` (``measure``, ``summarize``), loaded by its file path when
 this runs as a script, so both sides are timed the same way.
@@ -285,6 +287,71 @@ def run_e2e(spec: dict) -> dict:
     return dict(res, params=sum(p.numel() for p in params))
 
 
+def run_profile(spec: dict) -> dict:
+    """The e2e model's training step under ``torch.profiler`` (see tinyllm.bench.profile):
+    ``warm_steps`` untimed, ``steps`` timed without the profiler, ``steps`` profiled with a
+    ``record_function`` around each phase; every op's self CPU time per step."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+    m, V = spec["model"], spec["vocab_size"]
+    torch.manual_seed(spec.get("seed", 0))
+    model = torch_gpt(torch, dict(m, vocab_size=V))
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 and p is not model.wte.weight
+             and p is not model.wpe.weight]
+    ids = {id(p) for p in decay}
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": [p for p in params if id(p) not in ids],
+                              "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    rng = np.random.default_rng(spec.get("seed", 0))
+    B, T = m["batch_size"], m["block_size"]
+    data = torch.from_numpy(rng.integers(0, V, size=(B, T + 1)))
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    model.train()
+    phases = ("forward", "zero_grad", "backward", "clip", "optimiser")
+
+    def step():
+        with record_function("forward"):
+            _, loss = model(x, y)
+            lv = loss.item()
+        if not math.isfinite(lv):
+            raise RuntimeError(f"torch GPT: the loss is {lv}")
+        with record_function("zero_grad"):
+            opt.zero_grad(set_to_none=True)
+        with record_function("backward"):
+            loss.backward()
+        with record_function("clip"):
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        with record_function("optimiser"):
+            opt.step()
+
+    for _ in range(spec["warm_steps"]):
+        step()
+    times = []
+    for _ in range(spec["steps"]):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    n = spec["steps"]
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    t_prof = time.perf_counter() - t0
+    ops, ph = [], {}
+    for ev in prof.key_averages():
+        if ev.key in phases:
+            ph[ev.key] = ev.cpu_time_total / 1e3 / n
+            continue
+        ops.append({"name": ev.key, "self_ms": ev.self_cpu_time_total / 1e3 / n,
+                    "calls": ev.count / n})
+    return {"engine": "torch", "step_ms": 1e3 * float(np.median(times)),
+            "step_ms_all": [1e3 * t for t in times], "profiled_step_ms": 1e3 * t_prof / n,
+            "phases": ph, "ops": ops}
+
+
 # ------------------------------------------------------------------ entry point
 
 def torch_info(torch) -> dict:
@@ -300,7 +367,7 @@ def main(argv=None) -> int:
     threads = spec.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    job = {"kernels": run_kernels, "e2e": run_e2e}[spec["job"]]
+    job = {"kernels": run_kernels, "e2e": run_e2e, "profile": run_profile}[spec["job"]]
     out = job(spec)
     out["torch"] = torch_info(torch)
     json.dump(out, sys.stdout)

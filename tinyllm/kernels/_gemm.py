@@ -26,6 +26,9 @@ one) is passed as is ("N"); one with unit stride down its columns (a transpose s
 Each tile's bias add runs on the thread that computed the tile, while it is in cache (the
 fused bias of ``linear``). ``accumulate=True`` computes C += A @ B (beta = 1).
 
+``TINYLLM_MATMUL=numpy`` in the environment (read at import) sends every product to NumPy's
+matmul instead: the A/B switch behind the "before" rows of ``benchmarks/PROFILE.md``.
+
 Determinism: each element of C is one BLAS dot over the whole of K, computed by whichever
 thread owns its tile, with the same tile boundaries on every call; the result is the same
 bits on every run with the same thread count.
@@ -34,10 +37,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import time
 
 import numpy as np
 
 from .. import runtime
+from ..stopwatch import active_profile
 from ._nb import HAVE_NUMBA, njit, num_threads, prange
 
 if HAVE_NUMBA:
@@ -67,11 +73,13 @@ else:                                                # pragma: no cover - numba 
 # from there on the tiles, in parallel from PARALLEL_MACS_CHEAP where a launch costs
 # microseconds (Numba's omp layer), else from SERIAL_MACS
 NUMPY_MACS = 1 << 18
+_NUMPY_ONLY = os.environ.get("TINYLLM_MATMUL", "").strip().lower() == "numpy"
 PARALLEL_MACS_CHEAP = 1 << 18
 SERIAL_MACS = 1 << 20
-# a product with fewer rows than this (a decode step's one row) is cut into column tiles only
-# where a parallel launch costs microseconds (``runtime.cheap_launches()``: Numba's omp
-# layer); on the workqueue layer (~100 us a launch) NumPy's matmul does it
+# a product with fewer rows than this (a decode step's one row) is left to NumPy's matmul:
+# BLAS's gemm packs the whole weight for every call, so a matrix-vector product through the
+# tiles ran ~1.5x slower than NumPy's (config B's decoding measured 149-166 against 248-305
+# tokens/s); NumPy's OpenBLAS runs such products on 1-2 threads of its own
 MIN_ROWS = 16
 
 
@@ -95,7 +103,6 @@ def _blas() -> dict | None:
         out[dt] = int(get_ptr(cap, get_name(cap)))
     # SciPy's own BLAS (a library file in SciPy's folders, not NumPy's copy): one thread, so
     # that each tile's call runs on the thread that makes it
-    import os
     import scipy
     from threadpoolctl import ThreadpoolController
     site = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
@@ -203,8 +210,8 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     """``a @ b (+ bias)`` for 2-D float32/float64 arrays of one dtype (see the module
     docstring); into ``out`` when given (rows with unit stride; ``accumulate`` adds to it).
     NumPy's matmul does what the tiles would not do better: under ``NUMPY_MACS``
-    multiply-adds, fewer than ``MIN_ROWS`` rows on the workqueue layer, other or mixed
-    dtypes, an operand without a unit stride, no SciPy BLAS."""
+    multiply-adds, fewer than ``MIN_ROWS`` rows, other or mixed dtypes, an operand without a
+    unit stride, no SciPy BLAS (and everything under ``TINYLLM_MATMUL=numpy``)."""
     M, K = a.shape
     K2, N = b.shape
     if K != K2:
@@ -215,8 +222,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     if bias is not None and (bias.dtype != dt or bias.shape != (N,)):
         raise ValueError(f"gemm: bias must be ({N},) {dt}, got {bias.dtype} {bias.shape}")
     macs = M * N * K
-    cheap = runtime.cheap_launches()
-    if macs < NUMPY_MACS or M < MIN_ROWS:
+    if macs < NUMPY_MACS or M < MIN_ROWS or _NUMPY_ONLY:
         return _numpy(a, b, out, bias, accumulate)
     blas = _blas() if dt == b.dtype and dt.name in ("float32", "float64") else None
     opa, opb = _operand(a), _operand(b)
@@ -225,6 +231,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
             or out.strides[1] != it or out.strides[0] % it):
         return _numpy(a, b, out, bias, accumulate)
     ldc = out.strides[0] // it if M > 1 else N
+    cheap = runtime.cheap_launches()
     nt = num_threads() if macs >= (PARALLEL_MACS_CHEAP if cheap else SERIAL_MACS) else 1
     split_rows = M >= N
     nt = max(1, min(nt, M if split_rows else N))
@@ -233,8 +240,12 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     _one_thread(blas)
     run = _gemm_par if nt > 1 else _gemm_serial
     has_bias = bias is not None
+    prof = active_profile()                      # tinyllm bench --profile: None otherwise
+    t0 = time.perf_counter() if prof is not None else 0.0
     run(blas[dt.name], dims, _OPS[opb[0] + opa[0]], _AB[dt, bool(accumulate)],
         np.empty((nt, 8), np.int32), out, bias if has_bias else out[0, :0], has_bias)
+    if prof is not None:
+        prof.add_nested("gemm tiles", time.perf_counter() - t0)
     return out
 
 
