@@ -103,6 +103,20 @@ def _linear(rng):
                   lambda x, w: x @ w, note="no bias")
 
 
+def _split_heads(rng):
+    B, T, H, hs = (int(v) for v in rng.integers(1, 4, size=4))
+
+    def fn(z):                      # the three outputs weighted differently, so a swap shows
+        q, k, v = ops.split_heads(z, B, T, H, hs)
+        return q + 2.0 * k + 3.0 * v
+
+    def ref(z):
+        p = z.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4)   # (3, B, H, T, hs)
+        return p[0] + 2.0 * p[1] + 3.0 * p[2]
+    return Sample(fn, [rng.standard_normal((B * T, 3 * H * hs))], ref,
+                  note=f"B={B} T={T} H={H} hs={hs}")
+
+
 def _reduction(method, ref):
     def sample(rng):
         x = rng.standard_normal(_shape(rng, rng.integers(1, 4), lo=2))
@@ -315,6 +329,7 @@ OPS: list[OpInfo] = [
     OpInfo("pow", _pow),
     OpInfo("matmul", _matmul),
     OpInfo("linear", _linear),
+    OpInfo("split_heads", _split_heads),
     OpInfo("exp", _unary(ops.exp, np.exp)),
     OpInfo("log", _unary(ops.log, np.log, _positive)),
     OpInfo("sqrt", _unary(ops.sqrt, np.sqrt, _positive)),

@@ -8,8 +8,9 @@ temporary folder and the peer loads them, so the peer builds nothing itself. The
 be timed in this one (impl ``"torch-inproc"``) to show how much the thread pools disturb
 each other.
 
-"fwd" times ``forward(*arrays)``; "fwd+bwd" times ``backward(dout, forward(*arrays)[1])``
-with a fixed random ``dout`` (families without a backward have "fwd" only). Each row becomes
+"fwd" times ``forward(*arrays)`` (a fresh output each call); "fwd out=" (the families in
+``specs.OUT_FAMILIES``) ``forward(*arrays, out=buf)`` into one preallocated buffer;
+"fwd+bwd" times ``backward(dout, forward(*arrays)[1])`` with a fixed random ``dout`` (families without a backward have "fwd" only). Each row becomes
 a JSON record (see ``tinyllm.bench``). Timing is ``tinyllm.stopwatch``.
 """
 from __future__ import annotations
@@ -46,6 +47,9 @@ def our_callables(spec, impl: str) -> dict:
     rng = np.random.default_rng(0)
     arrays, opts = make_inputs(spec, rng)
     fns = {"fwd": lambda: k.forward(*arrays, **opts)}
+    if "fwd out=" in spec.passes:
+        buf = np.empty_like(k.forward(*arrays, **opts)[0])
+        fns["fwd out="] = lambda: k.forward(*arrays, out=buf, **opts)
     if "fwd+bwd" in spec.passes:
         out, _ = k.forward(*arrays, **opts)
         dout = random_like(out, rng)

@@ -30,6 +30,12 @@ from .. import kernels as K
 from ..kernels import GBPS, GFLOPS  # noqa: F401  (the bench's units)
 
 PASSES = ("fwd", "fwd+bwd")
+# families whose forward also writes into a preallocated ``out=`` buffer: timed both ways
+# ("fwd" allocates its output, as ``torch.softmax(x)`` does; "fwd out=" does not, as
+# ``torch.softmax(x, out=buf)``), since a large output's fresh pages can cost more than the
+# kernel itself
+OUT_PASS = "fwd out="
+OUT_FAMILIES = ("softmax",)
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,8 @@ class KernelSpec:
     passes: tuple = PASSES     # ("fwd",) for a family without a backward
 
     def work(self, pass_: str) -> tuple:
-        """(flops, bytes) of one call of ``pass_`` ("fwd" or "fwd+bwd")."""
-        if pass_ == "fwd":
+        """(flops, bytes) of one call of ``pass_`` ("fwd", "fwd out=" or "fwd+bwd")."""
+        if pass_ in ("fwd", OUT_PASS):
             return self.flops[0], self.bytes[0]
         return self.flops[0] + self.flops[1], self.bytes[0] + self.bytes[1]
 
@@ -64,7 +70,12 @@ def spec_of(family: str, size, dtype: str = "float32") -> KernelSpec:
     w = fam.work(p, np.dtype(dtype).itemsize)
     return KernelSpec(family, fam.label(p), p, fam.x(p), fam.sweep, fam.unit, tuple(w.flops),
                       tuple(w.bytes), size.ref, fam.torch, dtype,
-                      PASSES if fam.backward else PASSES[:1])
+                      _passes(family, fam.backward))
+
+
+def _passes(family: str, backward: bool) -> tuple:
+    first = ("fwd", OUT_PASS) if family in OUT_FAMILIES else ("fwd",)
+    return first + (("fwd+bwd",) if backward else ())
 
 
 def kernel_specs(quick: bool) -> dict:

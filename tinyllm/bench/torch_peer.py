@@ -106,6 +106,10 @@ TORCH = {"softmax": _softmax, "cross_entropy": _cross_entropy, "layernorm": _lay
          "additive_attention": _additive_attention}
 
 
+# the families with an ``out=`` form (tinyllm.bench.specs.OUT_FAMILIES)
+TORCH_OUT = {"softmax": lambda torch, x, out: torch.softmax(x, -1, out=out)}
+
+
 def _load(arg):
     return np.load(arg["npy"]) if "npy" in arg else arg["value"]
 
@@ -140,7 +144,16 @@ def kernel_callables(torch, name: str, args: list, opts: dict, seed: int = 0) ->
         o = o if isinstance(o, tuple) else (o,)
         torch.autograd.grad(o, wrt, douts)
 
-    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+    fns = {"fwd": fwd, "fwd+bwd": fwd_bwd}
+    if name in TORCH_OUT:                       # "fwd out=": into one preallocated buffer
+        with torch.no_grad():
+            buf = torch.empty_like(outs[0])
+
+        def fwd_out():
+            with torch.no_grad():
+                TORCH_OUT[name](torch, *inputs, out=buf, **kw)
+        fns["fwd out="] = fwd_out
+    return fns
 
 
 def run_kernels(spec: dict) -> dict:

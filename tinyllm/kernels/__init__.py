@@ -211,6 +211,34 @@ def matmul(a, b, bias=None):
     return out
 
 
+def split_heads(qkv, B: int, T: int, H: int, hs: int):
+    """qkv (B T, 3 H hs) -> a new (3, B, H, T, hs) array: q, k, v cut into heads
+    (``tinyllm.kernels._heads``; NumPy's strided copy for the ``numpy`` implementation and for
+    other array types)."""
+    if type(qkv) is np.ndarray and default_impl() == "numba":
+        from ._heads import split_heads as _split
+        return _split(qkv, B, T, H, hs)
+    out = np.empty((3, B, H, T, hs), qkv.dtype) if type(qkv) is np.ndarray else None
+    view = qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4)
+    if out is None:
+        return view.copy()
+    out[...] = view
+    return out
+
+
+def merge_heads(dq, dk, dv, B: int, T: int, H: int, hs: int, dtype):
+    """The gradient of ``split_heads``: dq, dk, dv (B, H, T, hs), None for a zero block ->
+    (B T, 3 H hs)."""
+    if default_impl() == "numba" and all(d is None or type(d) is np.ndarray
+                                         for d in (dq, dk, dv)):
+        from ._heads import merge_heads as _merge
+        return _merge(dq, dk, dv, B, T, H, hs, dtype)
+    g = np.empty((B, T, 3, H, hs), dtype)
+    for i, d in enumerate((dq, dk, dv)):
+        g[:, :, i] = 0 if d is None else d.transpose(0, 2, 1, 3)
+    return g.reshape(B * T, 3 * H * hs)
+
+
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
            "family", "Family", "Size", "Work", "GBPS", "GFLOPS", "numba_available",
-           "num_threads", "cuda_unavailable", "matmul"]
+           "num_threads", "cuda_unavailable", "matmul", "split_heads", "merge_heads"]

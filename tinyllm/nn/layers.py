@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from ..autograd import Tensor, concat, default_generator
+from ..autograd.ops import split_heads
 from ..autograd import functional as F
 from ..errors import ShapeError
 from .module import Module, Parameter
@@ -248,8 +249,8 @@ class CausalSelfAttention(Module):
 
     x (B, T, C) -> c_attn -> q, k, v each (B, H, T, hs) -> fused causal attention ->
     (B, T, C) -> c_proj -> dropout. c_attn's weight (C, 3C) holds the q, k and v
-    projections side by side, as in GPT-2; ``forward`` uses its column slices (see
-    ``_project``), not ``c_attn(x)``.
+    projections side by side, as in GPT-2: one product, whose output ``split_heads`` cuts
+    into the three (B, H, T, hs) tensors.
 
     ``kv``, for inference under ``tl.no_grad()``, is ``(k_buf, v_buf, pos)``: this layer's
     preallocated key and value arrays (B, H, Lmax, hs) and the absolute position of x's
@@ -304,8 +305,10 @@ class CausalSelfAttention(Module):
             qkv = self.c_attn(x).reshape((B, T, 3, H, hs)).transpose((2, 0, 3, 1, 4))
             y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], causal=True)
         elif kv is None:
-            x2 = x.reshape((B * T, C))                         # (B T, C)
-            q, k, v = (self._project(x2, i, B, T) for i in range(3))  # (B, H, T, hs) each
+            # one (B T, C) @ (C, 3A) product with its bias (a Linear node), cut into heads by
+            # one node whose backward fills one (B T, 3A) gradient (ops.SplitHeads)
+            qkv = self.c_attn(x.reshape((B * T, C)))            # (B T, 3A)
+            q, k, v = split_heads(qkv, B, T, H, hs)            # (B, H, T, hs) each
             y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, H, T, hs)
         else:
             # inference (no backward to pay for): one (C, 3C) product, fewest ops per token
@@ -313,24 +316,6 @@ class CausalSelfAttention(Module):
             y = self._cached(qkv[0], qkv[1], qkv[2], kv)       # (3, B, H, T, hs) -> ...
         y = y.transpose((0, 2, 1, 3)).reshape((B, T, H * hs))  # (B, T, H, hs) -> (B, T, A)
         return self.resid_dropout(self.c_proj(y))
-
-    def _project(self, x2: Tensor, i: int, B: int, T: int) -> Tensor:
-        """Part i (0 = q, 1 = k, 2 = v) of c_attn: x2 (B T, C) @ W[:, iC:(i+1)C] + b[iC:(i+1)C]
-        -> (B, H, T, hs).
-
-        Three (C, C) products on column slices of c_attn's weight do the work of its one
-        (C, 3C) product with the same FLOPs. Slicing q, k and v out of a (B, T, 3C) result
-        instead would cost, in the backward, a zero-filled (B, T, 3C) gradient per slice
-        and two adds of them: c_attn + attention, forward and backward, took 1.2-1.3x as
-        long that way at B=16, T=128, C=128. Slicing the weight moves those costs to the
-        small (C, 3C)."""
-        H, hs = self.n_head, self.head_size
-        A = H * hs                                             # C unless heads were pruned
-        cols = slice(i * A, (i + 1) * A)
-        b = self.c_attn.bias
-        z = F.linear(x2, self.c_attn.weight[:, cols],                # (B T, C) @ (C, A)
-                     None if b is None else b[cols])                 # -> (B T, A)
-        return z.reshape((B, T, H, hs)).transpose((0, 2, 1, 3))  # (B, H, T, hs)
 
     @staticmethod
     def _cached(q, k, v, kv):

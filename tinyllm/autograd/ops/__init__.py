@@ -15,10 +15,11 @@ from .arith import add, div, linear, matmul, mul, neg, pow, rpow, sub
 from .elementwise import exp, gelu, log, relu, sigmoid, sqrt, tanh
 from .reduce import max, mean, sum, var
 from .select import dropout, embedding, masked_fill, where
-from .shape import concat, getitem, permute, reshape, split, stack, swapaxes, transpose
+from .shape import (concat, getitem, permute, reshape, split, split_heads, stack, swapaxes,
+                    transpose)
 
-__all__ = ["broadcast_shape", "lift", "normalize_axes", "unbroadcast", "add", "sub", "mul",
-           "div", "neg", "pow", "rpow", "matmul", "linear", "exp", "log", "sqrt", "tanh",
-           "sigmoid", "relu", "gelu", "sum", "mean", "max", "var", "reshape", "transpose", "permute",
-           "swapaxes", "getitem", "concat", "stack", "split", "where", "masked_fill",
-           "embedding", "dropout"]
+__all__ = ["broadcast_shape", "lift", "normalize_axes", "unbroadcast", "add", "sub", "mul", "div",
+           "neg", "pow", "rpow", "matmul", "linear", "exp", "log", "sqrt", "tanh", "sigmoid",
+           "relu", "gelu", "sum", "mean", "max", "var", "reshape", "transpose", "permute",
+           "swapaxes", "getitem", "concat", "stack", "split", "split_heads", "where",
+           "masked_fill", "embedding", "dropout"]
