@@ -266,6 +266,7 @@ def test_bench_configs_are_the_presets():
                     spec.batch_size) == (p.model.n_layer, p.model.n_head, p.model.n_embd,
                                          p.model.block_size, p.data.batch_size)
     assert model_specs(False) == [ModelSpec("A", 4, 4, 128, 128, 16),
-                                  ModelSpec("B", 6, 6, 384, 256, 8, train_steps=8)]
+                                  ModelSpec("B", 6, 6, 384, 256, 8, train_steps=8,
+                                            warm_steps=5)]
     assert model_specs(True)[1] == ModelSpec("B", 6, 6, 384, 256, 8, train_steps=1,
                                              warm_steps=1, new_tokens=12, gen_repeats=1)
