@@ -115,3 +115,15 @@ def test_linear_node_on_the_tiled_path_matches_the_composition():
     np.testing.assert_allclose(x.grad, dy @ Wn.T, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(w.grad, X.T @ dy, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(b.grad, dy.sum(0), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_gemm_batch_matches_each_product(n):
+    shapes = [(512, 128, 128), (128, 2048, 256), (2048, 128, 64), (300, 200, 100)][:n]
+    prods = []
+    for i, (M, K, N) in enumerate(shapes):
+        prods.append((_arr((M, K), np.float32, i % 2 == 1), _arr((K, N), np.float32, i == 2)))
+    prods.append((RNG.standard_normal((4, 5)), RNG.standard_normal((5, 6))))   # NumPy's
+    outs = _gemm.gemm_batch(prods)
+    for (a, b), o in zip(prods, outs):
+        np.testing.assert_allclose(o, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)

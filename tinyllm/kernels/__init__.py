@@ -211,6 +211,18 @@ def matmul(a, b, bias=None):
     return out
 
 
+def matmul_batch(products) -> list:
+    """``[a @ b for a, b in products]``: independent 2-D products (a backward's dx and dW,
+    say) in one parallel region with the ``numba`` implementation (``_gemm.gemm_batch``:
+    whole products one per thread where there are enough of them); otherwise one by one."""
+    products = list(products)
+    if default_impl() == "numba" and all(type(a) is np.ndarray and type(b) is np.ndarray
+                                         and a.ndim == 2 == b.ndim for a, b in products):
+        from ._gemm import gemm_batch
+        return gemm_batch(products)
+    return [matmul(a, b) for a, b in products]
+
+
 def split_heads(qkv, B: int, T: int, H: int, hs: int):
     """qkv (B T, 3 H hs) -> a new (3, B, H, T, hs) array: q, k, v cut into heads
     (``tinyllm.kernels._heads``; NumPy's strided copy for the ``numpy`` implementation and for
@@ -241,4 +253,5 @@ def merge_heads(dq, dk, dv, B: int, T: int, H: int, hs: int, dtype):
 
 __all__ = ["FAMILIES", "IMPLS", "Kernel", "get", "use", "default_impl", "available", "module",
            "family", "Family", "Size", "Work", "GBPS", "GFLOPS", "numba_available",
-           "num_threads", "cuda_unavailable", "matmul", "split_heads", "merge_heads"]
+           "num_threads", "cuda_unavailable", "matmul", "matmul_batch", "split_heads",
+           "merge_heads"]

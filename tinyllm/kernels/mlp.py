@@ -41,7 +41,7 @@ import numpy as np
 from . import Kernel
 from ._check import contiguous, dout_like, floats, ndim, shape
 from ._family import GFLOPS, Family, Size, Work
-from ._gemm import gemm
+from ._gemm import gemm, gemm_batch
 from ._nb import SERIAL_WORK, chunk, chunks, fexp, njit, prange
 from ..errors import ShapeError
 
@@ -222,11 +222,13 @@ def backward_numba(dy, cache):
     dbp = np.zeros((nch, H), x.dtype)
     if N:
         _gelu_bwd(a, da, h, dbp, _consts(x.dtype), nch)
-    dW2 = gemm(h.T, dy2)                                      # (H, N) @ (N, C_out)
+    # three independent products in one parallel region (two whole, one in tiles)
+    dW2, dW1, dx = gemm_batch([(h.T, dy2),                   # (H, N) @ (N, C_out)
+                               (x2.T, da),                   # (C, N) @ (N, H)
+                               (da, W1.T)])                  # (N, H) @ (H, C)
+    dx = dx.reshape(x.shape)
     db2 = dy2.sum(axis=0) if b2 is not None else None
-    dW1 = gemm(x2.T, da)                                      # (C, N) @ (N, H)
     db1 = dbp.sum(axis=0) if b1 is not None else None
-    dx = gemm(da, W1.T).reshape(x.shape)                      # (N, H) @ (H, C)
     return dx, dW1, db1, dW2, db2
 
 

@@ -128,6 +128,14 @@ def rpow(base, x):
 # --- matmul --------------------------------------------------------------------------------
 
 
+def _grads_2d(want_a: bool, want_b: bool, dout, a, b) -> list:
+    """[d a, d b] of a @ b (2-D): dout b^T and a^T dout, None where not wanted; both as one
+    parallel region when both are (``kernels.matmul_batch``)."""
+    todo = [(want_a, (dout, b.T)), (want_b, (a.T, dout))]
+    outs = iter(kernels.matmul_batch([p for w, p in todo if w]))
+    return [next(outs) if w else None for w, _ in todo]
+
+
 class MatMul(Function):
     """a @ b with NumPy's rules: batch dims broadcast, a 1-D operand gets a dim added
     (and removed again from the result)."""
@@ -149,9 +157,7 @@ class MatMul(Function):
     def backward(ctx, dout):
         a, b = ctx.saved
         if a.ndim == 2 and b.ndim == 2:                 # (m, k) @ (k, n): no copies of a.T, b.T
-            da = kernels.matmul(dout, b.T) if ctx.needs_input_grad[0] else None
-            db = kernels.matmul(a.T, dout) if ctx.needs_input_grad[1] else None
-            return da, db
+            return tuple(_grads_2d(ctx.needs_input_grad[0], ctx.needs_input_grad[1], dout, a, b))
         a2 = a[None, :] if a.ndim == 1 else a           # (..., m, k)
         b2 = b[:, None] if b.ndim == 1 else b           # (..., k, n)
         d = dout[..., None] if b.ndim == 1 else dout
@@ -191,8 +197,7 @@ class Linear(Function):
     def backward(ctx, dout):
         x, w = ctx.saved
         need = ctx.needs_input_grad
-        dx = kernels.matmul(dout, w.T) if need[0] else None
-        dw = kernels.matmul(x.T, dout) if need[1] else None
+        dx, dw = _grads_2d(need[0], need[1], dout, x, w)
         db = dout.sum(axis=0) if ctx.has_bias and need[2] else None
         return dx, dw, db
 
