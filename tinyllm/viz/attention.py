@@ -94,11 +94,11 @@ def gpt_attention(model, idx):
     block l (zeros for s > t). A head-pruned GPT whose blocks have different head counts
     gives a list of L arrays (B, H_l, T, T) instead. The model is run in eval mode, without
     a graph; its own mode is restored."""
-    idx = prompt_ids(model, idx, "gpt_attention")
     t = getattr(model, "transformer", None)
     if t is None or not hasattr(t, "h"):
         raise TypeError(f"gpt_attention: model must be a tinyllm GPT, got "
                         f"{type(model).__name__} (an AttentionRNN: rnn_attention)")
+    idx = prompt_ids(model, idx, "gpt_attention")
     T = idx.shape[1]
     maps = []
     with no_grad(), evaluating(model):
