@@ -931,7 +931,7 @@ def _rnn_attention_figure(model, task, prompt, rnn_attention, plot_attention):
     y_labels = [f"{labels[int(a)]}->{labels[int(b)]}" for a, b in zip(inputs, stream[1:])]
     rows = task.answer_slice(L)                              # steps whose targets are the answer
     fig = plot_attention(alpha, x_labels=x_labels, y_labels=y_labels, rows=rows,
-                         cols=(1, L + 2), separator=L + 1,
+                         cols=(1, L + 1), separator=L + 1,
                          title=f"alpha_(t,i) (eq. 4.2a), {task.kind}")
     answer = task.decode(stream[L + 2:].tolist())
     return fig, f"alpha of the {task.kind} RNN over {L} symbols (its answer: {answer})"
