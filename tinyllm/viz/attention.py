@@ -239,7 +239,7 @@ def plot_attention(weights, *, x_labels=None, y_labels=None, rows=None, cols=Non
     r0, r1 = _span(rows, Tq, "rows")
     c0, c1 = _span(cols, Tk, "cols")
     w = w[r0:r1, c0:c1]
-    fig = new_figure(figsize=figsize or (max(4.0, 0.28 * (c1 - c0) + 2.2),
+    fig = new_figure(figsize=figsize or (max(5.5, 0.28 * (c1 - c0) + 2.2),
                                          max(3.5, 0.28 * (r1 - r0) + 1.6)))
     ax = fig.subplots()
     im = _heatmap(ax, w, xl[c0:c1], yl[r0:r1])
@@ -278,7 +278,7 @@ def plot_heads(maps, tokens=None, layer=None, *, batch: int = 0,
     labels = [str(s) for s in tokens] if tokens is not None else [str(i) for i in range(T)]
     if len(labels) != T:
         raise ValueError(f"plot_heads: {len(labels)} tokens for {T} positions")
-    cell = max(1.8, 0.12 * T + 0.8)
+    cell = min(3.2, max(1.8, 0.12 * T + 0.8))                     # inches per heatmap
     fig = new_figure(figsize=(cell * H + 1.2, cell * len(layers) + 0.6))
     axes = np.asarray(fig.subplots(len(layers), H, squeeze=False))
     fs = 7 if T <= 24 else 5
