@@ -248,19 +248,23 @@ def _images(ax):
 def test_plot_attention_crops_marks_the_separator_and_has_a_colour_bar(tmp_path):
     w = np.random.default_rng(0).random((9, 9))
     names = list("abcdefghi")
-    fig = viz.plot_attention(w, x_labels=names, y_labels=names, rows=slice(5, 9),
+    fig = viz.plot_attention(w, x_labels=names, y_labels=names, rows=slice(4, 9),
                              cols=(1, 4), separator=4, title="crop")
     assert len(fig.axes) == 2                                 # heatmap + colour bar
     ax = fig.axes[0]
     data = _images(ax)[0].get_array()
-    assert data.shape == (4, 3)
-    np.testing.assert_allclose(np.asarray(data), w[5:9, 1:4])
+    assert data.shape == (5, 3)
+    np.testing.assert_allclose(np.asarray(data), w[4:9, 1:4])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "c", "d"]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["f", "g", "h", "i"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["e", "f", "g", "h", "i"]
     assert ax.get_title() == "crop"
     sep = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert len(sep) == 1 and sep[0].get_xdata()[0] == pytest.approx(2.5)   # past col "d"
     assert "separator" in ax.get_legend().get_texts()[0].get_text()
+    assert [t.get_color() for t in ax.get_yticklabels()] == ["red"] + ["black"] * 4
+    inside = viz.plot_attention(w, separator=4).axes[0]       # uncropped: both axes marked
+    assert sorted(ln.get_xdata()[0] for ln in inside.get_lines()) == [0.0, 3.5]
+    assert inside.get_lines()[1].get_ydata()[0] == pytest.approx(3.5)
     out = tmp_path / "a.png"
     fig.savefig(out)
     assert out.read_bytes().startswith(PNG)

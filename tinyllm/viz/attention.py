@@ -227,8 +227,9 @@ def plot_attention(weights, *, x_labels=None, y_labels=None, rows=None, cols=Non
     s = key s. ``x_labels`` / ``y_labels`` name the keys / queries (default: positions).
     ``rows`` / ``cols`` crop to a contiguous range of queries / keys (a slice, range or
     (lo, hi), in the full matrix's indices). ``separator`` (a position in the full
-    sequence) is marked by a dashed red line on both axes, at the edge of the crop when it
-    lies outside it. Returns the Figure."""
+    sequence) is marked by a dashed red line where it begins (between positions sep - 1 and
+    sep; at the edge of the crop when it lies outside it) and by red tick labels. Returns
+    the Figure."""
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 2:
         raise ShapeError(f"plot_attention: weights must be 2-D (T_q, T_k), got {w.shape} "
@@ -246,10 +247,15 @@ def plot_attention(weights, *, x_labels=None, y_labels=None, rows=None, cols=Non
     fig.colorbar(im, ax=ax, label="weight")
     if separator is not None:
         sep = int(separator)
-        x = float(np.clip(sep - c0, -0.5, c1 - c0 - 0.5))
+        # a dashed line where the separator begins (its cell's left / top edge), kept inside
+        # the crop; its tick labels in red
+        x = float(np.clip(sep - c0, 0, c1 - c0)) - 0.5
         ax.axvline(x, color="red", ls="--", lw=1.2, label=f"separator (position {sep})")
-        if r0 <= sep < r1:
-            ax.axhline(sep - r0, color="red", ls="--", lw=1.2)
+        if r0 < sep < r1:
+            ax.axhline(sep - r0 - 0.5, color="red", ls="--", lw=1.2)
+        for ticks, lo, hi in ((ax.get_xticklabels(), c0, c1), (ax.get_yticklabels(), r0, r1)):
+            if lo <= sep < hi:
+                ticks[sep - lo].set_color("red")
         ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
     ax.set_xlabel("key position s (attended to)")
     ax.set_ylabel("query position t")
