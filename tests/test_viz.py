@@ -384,3 +384,14 @@ def test_cli_attention_rnn(tmp_path, capsys):
                      "--out", str(out), "--layer", "0"]) == 2
     assert cli.main(["attention", "--checkpoint", str(run), "--prompt", "a b q",
                      "--out", str(out)]) == 2
+
+
+def test_cli_attention_options_have_help_with_defaults():
+    import argparse
+    sub = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sp = sub.choices["attention"]
+    fmt = sp.formatter_class(prog=sp.prog)
+    for a in sp._actions:
+        if a.option_strings and a.dest != "help":
+            text = fmt._get_help_string(a)
+            assert text and (a.required or "default" in text.lower()), a.option_strings

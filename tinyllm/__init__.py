@@ -22,4 +22,4 @@ from .train.persist import load, save
 __version__ = "0.1.0"
 __all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional",
                                  "runtime", "kernels", "nn", "models", "optim", "data", "train",
-                                 "infer", "generate", "beam_search", "load", "save"]
+                                 "infer", "viz", "generate", "beam_search", "load", "save"]
