@@ -77,6 +77,16 @@ def test_gpt_attention_leaves_training_mode_and_refuses_bad_input():
         viz.gpt_attention(AttentionRNN(RNNConfig(vocab_size=7, max_len=8)), IDX)
 
 
+def test_a_head_pruned_gpt_gives_one_array_per_layer():
+    m = _gpt(layer_heads=[2, 1])
+    P = viz.gpt_attention(m, IDX)
+    assert [p.shape for p in P] == [(1, 2, 10, 10), (1, 1, 10, 10)]
+    s = viz.previous_token_score(P)
+    assert s.shape == (2, 2) and np.isnan(s[1, 1]) and not np.isnan(s[:, 0]).any()
+    fig = viz.plot_heads(P)
+    assert sum(ax.axison for ax in fig.axes) == 3 + 1         # 3 heads + colour bar
+
+
 def test_rnn_attention_is_the_documents_alpha():
     m = AttentionRNN(RNNConfig(vocab_size=7, max_len=12, d_embed=8, d_hidden=8, d_attn=4))
     idx = np.array([[1, 4, 5, 6, 2, 6, 5]])

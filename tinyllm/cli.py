@@ -895,7 +895,8 @@ def cmd_attention(args) -> int:
             fig = plot_heads(maps, labels, layer=args.layer)
         what = (f"layer {args.layer} head {args.head}" if args.head is not None else
                 f"layer {args.layer}'s heads" if args.layer is not None else
-                f"{cfg.n_layer} layers x {cfg.n_head} heads")
+                f"{cfg.n_layer} layers x {cfg.n_head} heads" if cfg.layer_heads is None else
+                f"{cfg.n_layer} layers of {cfg.layer_heads} heads")
         line = f"attention of {what} over {len(ids)} tokens"
         if len(ids) >= 2:
             layer, head, score = best_previous_token_head(maps)
