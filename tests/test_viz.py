@@ -202,6 +202,11 @@ def test_saliency_default_target_is_the_argmax_and_bad_input_is_named():
         viz.saliency(m, IDX, score="prob")
     with pytest.raises(tl.ShapeError, match="one prompt"):
         viz.saliency(m, np.vstack([IDX, IDX]))
+    w = m.transformer.wte.weight
+    w.grad = np.ones_like(w.data)
+    viz.saliency(m, IDX)
+    assert np.all(w.grad == 1.0)                              # the weights' grads untouched
+    assert m.transformer.h[0].attn.c_attn.weight.grad is None
 
 
 def test_spearman():

@@ -127,17 +127,25 @@ def score_from_embeddings(model, emb, position: int, target: int,
 def input_gradient(model, idx, position: int = -1, target=None, score: str = "logprob"):
     """(f, df/dE (T, C), E (T, C), target) for the prompt idx (T,): the score (module
     docstring), its gradient with respect to the prompt's token embeddings, the embeddings
-    and the target token used (the model's argmax at ``position`` when None)."""
+    and the target token used (the model's argmax at ``position`` when None). The
+    parameters' ``.grad`` are left as they were."""
     ids, p = _args(model, idx, position, target, score, "input_gradient")
     E = _embeddings(model, ids)                                   # (1, T, C)
-    with evaluating(model):
-        if target is None:
-            with no_grad():
-                target = int(np.argmax(_forward_from(model, Tensor(E)).data[0, p]))
-        leaf = Tensor(E, requires_grad=True)
-        f = _scalar(_forward_from(model, leaf), p, int(target), score)
-        f.backward()
-    model.zero_grad()                                             # the weights' grads: not ours
+    params = list(model.parameters())
+    kept = [q.grad for q in params]          # the weights' own gradients, put back after
+    for q in params:                         # (backward adds into .grad in place)
+        q.grad = None
+    try:
+        with evaluating(model):
+            if target is None:
+                with no_grad():
+                    target = int(np.argmax(_forward_from(model, Tensor(E)).data[0, p]))
+            leaf = Tensor(E, requires_grad=True)
+            f = _scalar(_forward_from(model, leaf), p, int(target), score)
+            f.backward()
+    finally:
+        for q, g in zip(params, kept):
+            q.grad = g
     return float(f.data), np.array(leaf.grad[0]), E[0], int(target)
 
 
