@@ -284,8 +284,8 @@ def plot_heads(maps, tokens=None, layer=None, *, batch: int = 0,
     labels = [str(s) for s in tokens] if tokens is not None else [str(i) for i in range(T)]
     if len(labels) != T:
         raise ValueError(f"plot_heads: {len(labels)} tokens for {T} positions")
-    cell = min(3.2, max(1.8, 0.12 * T + 0.8))                     # inches per heatmap
-    fig = new_figure(figsize=(cell * H + 1.2, cell * len(layers) + 0.6))
+    cell = min(3.2, max(1.8, 0.09 * T + 0.8))                     # inches per heatmap
+    fig = new_figure(figsize=(cell * H + 1.0, cell * len(layers) + 0.5), layout="constrained")
     axes = np.asarray(fig.subplots(len(layers), H, squeeze=False))
     fs = 7 if T <= 24 else 5
     im = None
