@@ -12,7 +12,7 @@ from .autograd import *  # noqa: F401,F403
 from .autograd import __all__ as _autograd_all
 from .autograd import functional
 from .errors import AnomalyError, GradcheckError, ShapeError
-from . import runtime, kernels, nn, models, optim, data, train, infer  # noqa: E402,I001
+from . import runtime, kernels, nn, models, optim, data, train, infer, viz  # noqa: E402,I001
 from . import precision  # noqa: E402,F401
 from .infer import beam_search, generate
 from .train.persist import load, save
@@ -22,4 +22,4 @@ from .train.persist import load, save
 __version__ = "0.1.0"
 __all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional",
                                  "runtime", "kernels", "nn", "models", "optim", "data", "train",
-                                 "infer", "generate", "beam_search", "load", "save"]
+                                 "infer", "viz", "generate", "beam_search", "load", "save"]

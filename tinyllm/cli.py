@@ -15,6 +15,7 @@ Commands:
   gradcheck   gradcheck every registered op in float64 on random shapes; exit 1 on a failure
   eps-sweep   error of the central difference against eps, float32 and float64, for one op
   taylor      the Taylor-remainder slope for one op (about 2 = right, about 1 = wrong)
+  attention   a trained run's attention maps for a prompt, as a PNG (GPT heads, RNN alpha)
 
 Bad input prints one line and exits 2; a runtime failure prints one line and exits 1.
 ``tinyllm --version`` prints the package version; every option's help shows its default.
@@ -855,6 +856,102 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    """``tinyllm attention``: a trained run's attention maps for one prompt, as a PNG. GPT:
+    every layer x head (``--layer``: one layer's heads; with ``--head``: that one head, with
+    a colour bar); an RNN: its alpha over the prompt and its own greedy answer, cropped to the
+    answer rows and the source columns, the separator marked."""
+    from .bench import BenchUsageError, check_output
+    from .data import UnknownTokenError
+    from .viz import (best_previous_token_head, gpt_attention, plot_attention, plot_heads,
+                      rnn_attention)
+    try:
+        check_output(args.out, "--out", ".png")
+    except BenchUsageError as e:
+        raise UsageError(str(e)) from None
+    prompt = _read_prompt(args.prompt)
+    if not prompt.strip():
+        raise UsageError("--prompt is empty; give the text whose attention to draw")
+    for flag, v in (("--layer", args.layer), ("--head", args.head)):
+        if v is not None and v < 0:
+            raise UsageError(f"{flag} must be >= 0, got {v}")
+    if args.head is not None and args.layer is None:
+        raise UsageError("--head needs --layer (which layer's head)")
+    model, extra, meta, folder = _load_model_arg(args.checkpoint)
+    if meta["model"]["type"] == "rnn":
+        if args.layer is not None:
+            raise UsageError("--layer and --head are for GPT checkpoints; the RNN has one "
+                             "attention (alpha)")
+        fig, line = _rnn_attention_figure(model, extra, prompt, rnn_attention, plot_attention)
+    else:
+        tok, cfg = extra, model.config
+        if args.layer is not None and args.layer >= cfg.n_layer:
+            raise UsageError(f"--layer {args.layer} is out of range: the model has "
+                             f"{cfg.n_layer} layers (0..{cfg.n_layer - 1})")
+        n_heads = cfg.heads_of(args.layer) if args.layer is not None else cfg.n_head
+        if args.head is not None and args.head >= n_heads:
+            raise UsageError(f"--head {args.head} is out of range: layer {args.layer} has "
+                             f"{n_heads} heads (0..{n_heads - 1})")
+        try:
+            ids = tok.encode(prompt)
+        except UnknownTokenError as e:
+            raise UsageError(f"--prompt: {e}") from None
+        if len(ids) > cfg.block_size:
+            raise UsageError(f"--prompt is {len(ids)} tokens; the model's window is "
+                             f"{cfg.block_size} (block_size)")
+        maps = gpt_attention(model, np.array([ids]))
+        labels = [tok.decode([i]) for i in ids]
+        if args.head is not None:
+            w = maps[args.layer][0, args.head]
+            fig = plot_attention(w, x_labels=labels, y_labels=labels,
+                                 title=f"layer {args.layer} head {args.head}")
+        else:
+            fig = plot_heads(maps, labels, layer=args.layer)
+        what = (f"layer {args.layer} head {args.head}" if args.head is not None else
+                f"layer {args.layer}'s heads" if args.layer is not None else
+                f"{cfg.n_layer} layers x {cfg.n_head} heads" if cfg.layer_heads is None else
+                f"{cfg.n_layer} layers of {cfg.layer_heads} heads")
+        line = f"attention of {what} over {len(ids)} tokens"
+        if len(ids) >= 2:
+            layer, head, score = best_previous_token_head(maps)
+            line += (f"; the most previous-token head: layer {layer} head {head} "
+                     f"(mean weight {score:.2f} on t-1)")
+    try:
+        fig.savefig(args.out, dpi=110)
+    except OSError as e:
+        raise RunError(f"--out {args.out}: {e.strerror or e}") from None
+    print(f"{line} -> {args.out} (checkpoint {folder})")
+    return 0
+
+
+def _rnn_attention_figure(model, task, prompt, rnn_attention, plot_attention):
+    """The RNN's alpha over ``<bos> symbols <sep>`` and its greedy answer: rows = the steps
+    that produce the answer, columns = the source symbols, the separator marked."""
+    from .infer import generate
+    names = task.token_names[4:]
+    try:
+        symbols = [names.index(t) for t in prompt.replace(",", " ").split()]
+        if not task.min_len <= len(symbols) <= task.max_len:
+            raise ValueError(f"got {len(symbols)}")
+    except ValueError:
+        raise UsageError(f"--prompt for a {task.kind} model is {task.min_len} to "
+                         f"{task.max_len} of the symbols {' '.join(names)} separated by "
+                         f"spaces, got {prompt!r}") from None
+    L = len(symbols)
+    stream = generate(model, np.array([task.prompt(symbols)]), L + 1, temperature=0.0)[0]
+    inputs = stream[:-1]                                      # 2L + 2 inputs; row t -> t + 1
+    alpha = rnn_attention(model, inputs)[0]
+    labels = task.token_names
+    x_labels = [labels[int(i)] for i in inputs]
+    y_labels = [f"{labels[int(a)]}->{labels[int(b)]}" for a, b in zip(inputs, stream[1:])]
+    rows = task.answer_slice(L)                              # steps whose targets are the answer
+    fig = plot_attention(alpha, x_labels=x_labels, y_labels=y_labels, rows=rows,
+                         cols=(1, L + 1), separator=L + 1,
+                         title=f"alpha_(t,i) (eq. 4.2a), {task.kind}")
+    answer = task.decode(stream[L + 2:].tolist())
+    return fig, f"alpha of the {task.kind} RNN over {L} symbols (its answer: {answer})"
+
+
 def _parser():
     from . import __version__
     p = _Parser(prog="tinyllm", description="tinyllm: LLM math you can read, check and time.")
@@ -1015,6 +1112,18 @@ def _parser():
     fi.add_argument("--pretrain-only", action="store_true", help="only pretrain (or load) "
                     "the encoder")
     fi.set_defaults(run=cmd_finetune)
+    at = sub.add_parser("attention", help="draw a trained run's attention maps for a "
+                        "prompt as a PNG (every GPT layer x head, or the RNN's alpha)")
+    at.add_argument("--checkpoint", required=True, help="a run folder (its 'last' checkpoint) "
+                    "or a checkpoint folder")
+    at.add_argument("--prompt", required=True, help="the text (GPT; @FILE reads a file) or "
+                    "the task symbols separated by spaces (RNN)")
+    at.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    at.add_argument("--layer", type=int, default=None, help="draw this layer's heads only "
+                    "(GPT; default: every layer)")
+    at.add_argument("--head", type=int, default=None, help="with --layer: this head alone, "
+                    "with a colour bar (GPT; default: every head)")
+    at.set_defaults(run=cmd_attention)
     g = sub.add_parser("gradcheck", help="gradcheck every registered op (float64)")
     g.add_argument("--op", action="append", metavar="OP", help=op_help)
     g.add_argument("--samples", type=int, default=3, help="random samples per op")
