@@ -8,7 +8,7 @@ PKG = pathlib.Path(__file__).parent.parent / "tinyllm"
 RANK = {"errors": 0, "backend": 0, "runtime": 0, "stopwatch": 0, "kernels": 1, "autograd": 2,
         "precision": 0,
         "nn": 3, "models": 4, "data": 5, "train": 5, "infer": 5, "optim": 5, "finetune": 5,
-        "compress": 5,
+        "compress": 5, "viz": 5,
         "bench": 6,
         "cli": 6, "__main__": 6}
 

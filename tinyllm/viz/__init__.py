@@ -1,0 +1,1 @@
+"""tinyllm.viz."""
