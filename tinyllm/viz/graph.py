@@ -185,21 +185,23 @@ def _draw_matplotlib(g: dict, title):
     for c, members in by_col.items():
         for k, n in enumerate(members):
             pos[n["id"]] = (float(c), (len(members) - 1) / 2.0 - k)   # centred column
+    box = {}
     for n in g["nodes"]:
         x, y = pos[n["id"]]
         if n["kind"] == "op":
-            ax.text(x, y, _op_text(n), ha="center", va="center", fontsize=9, gid=n["id"],
+            box[n["id"]] = ax.text(x, y, _op_text(n), ha="center", va="center", fontsize=9, gid=n["id"],
                     bbox={"boxstyle": "ellipse", "fc": "lightgrey" if n["freed"]
                           else "lightyellow", "ec": "k"})
         else:
-            ax.text(x, y, _tensor_text(n), ha="center", va="center", fontsize=8,
+            box[n["id"]] = ax.text(x, y, _tensor_text(n), ha="center", va="center", fontsize=8,
                     family="monospace", gid=n["id"],
                     bbox={"boxstyle": "round", "fc": "lightblue" if n["leaf"] else "white",
                           "ec": "k"})
     for a, b in g["edges"]:
-        ax.annotate("", xy=pos[b], xytext=pos[a], zorder=0,
-                    arrowprops={"arrowstyle": "->", "color": "0.3", "shrinkA": 18,
-                                "shrinkB": 18})
+        ax.annotate("", xy=pos[b], xytext=pos[a], zorder=5,
+                    arrowprops={"arrowstyle": "->", "color": "0.3", "shrinkA": 1,
+                                "shrinkB": 1, "patchA": box[a].get_bbox_patch(),
+                                "patchB": box[b].get_bbox_patch()})   # clipped at the boxes
     ax.set_xlim(-0.6, ncol - 0.4)
     ax.set_ylim(-tall / 2.0 - 0.2, tall / 2.0 + 0.2)
     ax.set_axis_off()
