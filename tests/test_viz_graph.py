@@ -112,3 +112,33 @@ def test_bad_input_is_named():
         graph_nodes(L, max_values=-1)
     with pytest.raises(TypeError, match=r"names\['x'\]"):
         graph_nodes(L, names={"x": 3.0})
+
+
+def test_graphviz_gets_one_node_per_node_and_one_edge_per_edge(monkeypatch):
+    """With graphviz present (a stand-in module here: the real one may not be installed),
+    auto picks it and hands it the same nodes and edges, left to right."""
+    import sys
+    import types
+    import tinyllm.viz.graph as vg
+
+    class Digraph:
+        def __init__(self, graph_attr=None):
+            self.graph_attr, self.nodes, self.edges = graph_attr, {}, []
+
+        def node(self, name, label, **attrs):
+            self.nodes[name] = (label, attrs)
+
+        def edge(self, a, b):
+            self.edges.append((a, b))
+
+    monkeypatch.setitem(sys.modules, "graphviz", types.SimpleNamespace(Digraph=Digraph))
+    monkeypatch.setattr(vg, "_have_graphviz", lambda: True)
+    x, w, b, y, z, L = _tiny()
+    g = graph_nodes(L, names={"x": x})
+    dot = draw_graph(L, names={"x": x})
+    assert isinstance(dot, Digraph) and dot.graph_attr == {"rankdir": "LR"}
+    assert set(dot.nodes) == {n["id"] for n in g["nodes"]}
+    assert dot.edges == g["edges"]
+    x_id = next(n["id"] for n in g["nodes"] if n["name"] == "x")
+    assert dot.nodes[x_id][0].startswith("x ()") and "data 2." in dot.nodes[x_id][0]
+    assert isinstance(draw_graph(L, backend="matplotlib"), matplotlib.figure.Figure)

@@ -189,14 +189,16 @@ def _draw_matplotlib(g: dict, title):
     for n in g["nodes"]:
         x, y = pos[n["id"]]
         if n["kind"] == "op":
-            box[n["id"]] = ax.text(x, y, _op_text(n), ha="center", va="center", fontsize=9, gid=n["id"],
-                    bbox={"boxstyle": "ellipse", "fc": "lightgrey" if n["freed"]
-                          else "lightyellow", "ec": "k"})
+            box[n["id"]] = ax.text(
+                x, y, _op_text(n), ha="center", va="center", fontsize=9, gid=n["id"],
+                bbox={"boxstyle": "ellipse", "fc": "lightgrey" if n["freed"] else "lightyellow",
+                      "ec": "k"})
         else:
-            box[n["id"]] = ax.text(x, y, _tensor_text(n), ha="center", va="center", fontsize=8,
-                    family="monospace", gid=n["id"],
-                    bbox={"boxstyle": "round", "fc": "lightblue" if n["leaf"] else "white",
-                          "ec": "k"})
+            box[n["id"]] = ax.text(
+                x, y, _tensor_text(n), ha="center", va="center", fontsize=8,
+                family="monospace", gid=n["id"],
+                bbox={"boxstyle": "round", "fc": "lightblue" if n["leaf"] else "white",
+                      "ec": "k"})
     for a, b in g["edges"]:
         ax.annotate("", xy=pos[b], xytext=pos[a], zorder=5,
                     arrowprops={"arrowstyle": "->", "color": "0.3", "shrinkA": 1,
