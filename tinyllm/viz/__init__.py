@@ -7,6 +7,7 @@
     s = saliency(model, idx, position=-1)    (T,) gradient x input of the next-token log-prob
     randomised_saliency_check(model, idx)    rank correlation trained vs random weights
     plot_attention / plot_heads / plot_saliency / plot_loss_curves -> matplotlib Figure
+    draw_graph(tensor)                       a Tensor's history (graphviz, else a Figure)
 
 Every figure is a ``matplotlib.figure.Figure`` from ``tinyllm.autograd.figures.new_figure``:
 no pyplot, no global state, inline in Jupyter, ``fig.savefig(path)`` headless. Rank 5 (it
@@ -18,14 +19,10 @@ from .curves import loss_history, plot_loss_curves
 from .saliency import (SanityCheck, input_gradient, plot_saliency, randomised_saliency_check,
                        saliency, score_from_embeddings, spearman)
 
-try:                                   # the autograd graph view (another part of issue 15)
-    from .graph import draw_graph  # noqa: F401
-except ImportError:
-    pass
+from .graph import draw_graph, graph_nodes
 
 __all__ = ["gpt_attention", "rnn_attention", "attention_maps", "previous_token_score",
            "best_previous_token_head", "plot_attention", "plot_heads", "saliency",
            "input_gradient", "score_from_embeddings", "spearman", "randomised_saliency_check",
-           "SanityCheck", "plot_saliency", "loss_history", "plot_loss_curves"]
-if "draw_graph" in globals():
-    __all__.append("draw_graph")
+           "SanityCheck", "plot_saliency", "loss_history", "plot_loss_curves", "draw_graph",
+           "graph_nodes"]
