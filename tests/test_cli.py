@@ -103,7 +103,7 @@ def _missing_help(command):
     return bad
 
 
-OWN_COMMANDS = ["generate", "eval", "gradcheck", "eps-sweep", "taylor", "bench"]
+OWN_COMMANDS = ["generate", "eval", "gradcheck", "eps-sweep", "taylor", "bench", "attention"]
 
 
 @pytest.mark.parametrize("command", OWN_COMMANDS)

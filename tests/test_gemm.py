@@ -45,8 +45,20 @@ def test_the_tiled_path_really_runs():
     a, b = _arr((M, K), np.float32, False), _arr((K, N), np.float32, True)
     assert _gemm._operand(a) == ("N", K) and _gemm._operand(b) == ("T", K)
     np.testing.assert_allclose(_gemm.gemm(a, b), a @ b, rtol=1e-5, atol=1e-4)
-    # SciPy's BLAS is kept on one thread: each tile runs on the thread that calls it
-    assert all(lib.get_num_threads() == 1 for lib in _gemm._blas()["libs"])
+    # SciPy's BLAS runs each tile on one thread, and its thread count is put back after
+    libs = _gemm._blas()["libs"]
+    before = [lib.get_num_threads() for lib in libs]
+    seen = []
+    real = _gemm._restore
+    try:
+        _gemm._restore = lambda ch: (seen.append([lib.get_num_threads() for lib in libs]),
+                                     real(ch))
+        _gemm.gemm(a, b)
+        _gemm.gemm_batch([(a, b), (b.T, a.T)])
+    finally:
+        _gemm._restore = real
+    assert seen == [[1] * len(libs)] * 2
+    assert [lib.get_num_threads() for lib in libs] == before
 
 
 def test_slices_out_accumulate_and_determinism():

@@ -1250,7 +1250,8 @@ def main(argv=None) -> int:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
             raise UsageError("a command is needed: demo, train, distill, generate, eval, "
-                             "finetune, bench, gradcheck, eps-sweep or taylor (see --help)")
+                             "attention, finetune, compress, bench, gradcheck, eps-sweep or "
+                             "taylor (see --help)")
         if extra and args.command not in ("train", "finetune", "distill"):
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         if args.command in ("train", "finetune", "distill"):

@@ -14,8 +14,9 @@ blocks when M >= N, else column blocks), and one Numba parallel loop has each th
 BLAS's single-threaded ``sgemm`` / ``dgemm`` on its tile. There is then one pool, Numba's,
 and BLAS never starts a thread. The BLAS is SciPy's (``scipy.linalg.cython_blas``, the one
 Numba's own ``np.dot`` calls), reached through its function pointer; its thread count is
-pinned to 1 on first use, which changes nothing else: NumPy's matmul has its own copy of
-OpenBLAS with its own threads.
+set to 1 for the duration of each product and put back after it (two ctypes calls), so no
+thread count changes outside a product. NumPy's matmul has its own copy of OpenBLAS with
+its own threads, untouched.
 
 Row-major arrays are column-major arrays transposed, so C = A @ B in row-major is
 C^T = B^T A^T in BLAS's column-major terms: ``?gemm(opB, opA, N, M, K, 1, B, ldb, A, lda,
@@ -112,16 +113,25 @@ def _blas() -> dict | None:
     if not libs:                                     # its threads cannot be pinned: not used
         return None
     out["libs"] = libs
-    _one_thread(out)
     return out
 
 
-def _one_thread(blas: dict) -> None:
-    """Keep SciPy's BLAS on one thread (``threadpool_limits`` elsewhere may have raised it):
-    one ctypes call per product when nothing changed."""
+def _one_thread(blas: dict) -> list:
+    """SciPy's BLAS on one thread for the products about to run; returns what to restore
+    (``_restore``), so that no thread count changes outside a product: one ctypes call per
+    library when it is already 1, three when it is not."""
+    changed = []
     for lib in blas["libs"]:
-        if lib.get_num_threads() != 1:
+        n = lib.get_num_threads()
+        if n != 1:
             lib.set_num_threads(1)
+            changed.append((lib, n))
+    return changed
+
+
+def _restore(changed: list) -> None:
+    for lib, n in changed:
+        lib.set_num_threads(n)
 
 
 @njit(parallel=True)
@@ -247,13 +257,16 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     nt = num_threads() if macs >= (PARALLEL_MACS_CHEAP if cheap else SERIAL_MACS) else 1
     nt = max(1, min(nt, M if M >= N else N))
     dims = _dims(a, b, out, opa, opb)
-    _one_thread(blas)
     run = _gemm_par if nt > 1 else _gemm_serial
     has_bias = bias is not None
     prof = active_profile()                      # tinyllm bench --profile: None otherwise
     t0 = time.perf_counter() if prof is not None else 0.0
-    run(blas[dt.name], dims, _OPS[opb[0] + opa[0]], _AB[dt, bool(accumulate)],
-        np.empty((nt, 8), np.int32), out, bias if has_bias else out[0, :0], has_bias)
+    changed = _one_thread(blas)
+    try:
+        run(blas[dt.name], dims, _OPS[opb[0] + opa[0]], _AB[dt, bool(accumulate)],
+            np.empty((nt, 8), np.int32), out, bias if has_bias else out[0, :0], has_bias)
+    finally:
+        _restore(changed)
     if prof is not None:
         prof.add_nested("gemm tiles", time.perf_counter() - t0)
     return out
@@ -282,10 +295,12 @@ def gemm_batch(products) -> list:
         M, K = a.shape
         N = b.shape[1]
         dt = a.dtype
+        if (M * N * K < NUMPY_MACS or M < MIN_ROWS or _NUMPY_ONLY or nt < 2
+                or dt != b.dtype or dt.name not in ("float32", "float64")):
+            outs[i] = gemm(a, b)
+            continue
         opa, opb = _operand(a), _operand(b)
-        blas = _blas() if dt == b.dtype and dt.name in ("float32", "float64") else None
-        if (blas is None or opa is None or opb is None or M * N * K < NUMPY_MACS
-                or M < MIN_ROWS or _NUMPY_ONLY or nt < 2):
+        if _blas() is None or opa is None or opb is None:
             outs[i] = gemm(a, b)
             continue
         outs[i] = np.empty((M, N), dt)
@@ -313,11 +328,14 @@ def gemm_batch(products) -> list:
     ops = np.stack([t[1] for t in tasks])
     dt = todo[0][3]
     blas = _blas()
-    _one_thread(blas)
     prof = active_profile()
     t0 = time.perf_counter() if prof is not None else 0.0
-    _gemm_batch(blas[dt.name], rows, ops, _AB[dt, False], np.empty((len(tasks), 8), np.int32),
-                nt)
+    changed = _one_thread(blas)
+    try:
+        _gemm_batch(blas[dt.name], rows, ops, _AB[dt, False],
+                    np.empty((len(tasks), 8), np.int32), nt)
+    finally:
+        _restore(changed)
     if prof is not None:
         prof.add_nested("gemm tiles", time.perf_counter() - t0)
     return outs
