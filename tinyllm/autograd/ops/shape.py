@@ -41,7 +41,7 @@ class Transpose(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        return np.transpose(dout, np.argsort(ctx.axes))
+        return np.transpose(dout, tuple(int(a) for a in np.argsort(ctx.axes)))
 
 
 def _shape_arg(args):
