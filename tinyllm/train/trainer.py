@@ -590,13 +590,17 @@ class Trainer:
         self._emit(self.eval_line(val, now, saved, improved))
         if self.sample is not None and c.sample_every and (
                 self.step % (c.eval_every * c.sample_every) == 0 or self.step == c.max_steps):
-            was = self.model.training
+            was, dev = self.model.training, self.model.device
             self.model.eval()
+            if dev != "cpu":             # generation (tinyllm.infer) runs on host arrays
+                self.model.to("cpu")
             try:
                 with no_grad():
                     text = self.sample(self.model)
             finally:
                 self.model.train(was)
+                if dev != "cpu":         # back, in place: the optimiser's Parameters
+                    self.model.to(dev)
             self._emit(f"sample at step {self.step}: {text!r}")
         self._interval_start()
         return bool(c.patience) and self.bad_evals >= c.patience
