@@ -124,7 +124,8 @@ def _segment_sum(flat, rows, n):
     N = flat.shape[0]
     if N == 0:
         return out
-    order = xp.argsort(flat, kind="stable")
+    # CuPy's argsort is always stable and takes no kind; NumPy's must be asked
+    order = xp.argsort(flat) if xp.__name__ == "cupy" else xp.argsort(flat, kind="stable")
     s = flat[order]                                                 # sorted indices (N,)
     csum = xp.cumsum(rows[order].astype(xp.float64), axis=0)        # (N, C) float64
     ends = xp.flatnonzero(s[1:] != s[:-1])                          # last row of each group
