@@ -241,6 +241,24 @@ def test_optimiser_states_live_on_the_device_and_updates_agree(make):
                for v in st.values() if backend.is_array(v))
 
 
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_device_adam_update_is_the_reference_bit_for_bit(decoupled):
+    from tinyllm import kernels
+    from tinyllm.optim.adam import _adam_device
+    rng = np.random.default_rng(9)
+    p, g, m = (rng.standard_normal(50).astype(np.float32) for _ in range(3))
+    v = rng.random(50).astype(np.float32)
+    group = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ref = [a.copy() for a in (p, m, v)]
+    kernels.get("adam", "numpy").forward(*ref[:1], g, *ref[1:], lr=1e-2, step=3, beta1=0.9,
+                                         beta2=0.95, eps=1e-8, weight_decay=0.1,
+                                         decoupled=decoupled)
+    dp, dm, dv = (cuda(a) for a in (p, m, v))
+    _adam_device(dp, cuda(g), {"step": 3, "exp_avg": dm, "exp_avg_sq": dv}, group, decoupled)
+    for a, b in zip((dp, dm, dv), ref):
+        np.testing.assert_array_equal(host(a), b)
+
+
 def test_optimiser_states_follow_a_moved_model():
     m = _lin()
     opt = AdamW(m.parameters(), lr=1e-2)
