@@ -11,12 +11,14 @@
 # 3. runs the GPU tests without the simulator: tests/test_kernels_cuda.py (the cuda kernels
 #    against the references at the device's 64-wide tiles, CuPy in/out, PTX for sm_90) and
 #    the kernel contract suite for the cuda implementation (tests/test_kernel_contract.py,
-#    which lists cuda on a real GPU);
+#    which lists cuda on a real GPU), and the device model with CuPy arrays
+#    (tests/test_device.py: Tensors, ops, modules, optimisers and the Trainer on "cuda");
 # 4. runs benchmarks/gpu_bench.py: the HBM and GEMM ceilings, each kernel against torch on
 #    the same GPU, the softmax and flash-attention targets;
-# 5. trains a tiny GPT for a few steps with TINYLLM_KERNELS=cuda (the kernels on the GPU,
-#    the rest of the engine on NumPy: an end-to-end check, not the speed target, which
-#    waits for the device model).
+# 5. trains the issue's GPT (6 layers, 384 wide, block 256, batch 64) for 15 steps with
+#    `tinyllm train --device cuda`: the whole model, its optimiser states and each step on
+#    the GPU; the validation lines give ms/step per 5 steps (the first 5 include the
+#    kernels' JIT compile), to set beside the same run on the 2-core CPU.
 #
 # Everything lands in $OUT (gpu_check.log, nvidia_smi.txt, pytest_*.log, gpu_bench.json,
 # gpu_bench.md, train_cuda.log); each step has its own time limit so that the whole run stays
@@ -82,18 +84,22 @@ export PYTHONUNBUFFERED=1
 unset TINYLLM_CUDA_PTX TINYLLM_KERNELS
 
 # 3. the GPU tests
-step "cuda tests" 120 pytest_cuda.log \
+step "cuda tests" 100 pytest_cuda.log \
     "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_cuda.py
-step "contract tests (cuda)" 120 pytest_contract.log \
+step "contract tests (cuda)" 90 pytest_contract.log \
     "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_kernel_contract.py
+step "device model tests (CuPy)" 60 pytest_device.log \
+    "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_device.py
 
 # 4. the benchmarks
-step "benchmarks" 180 gpu_bench.log "$PY" benchmarks/gpu_bench.py --out "$OUT"
+step "benchmarks" 160 gpu_bench.log "$PY" benchmarks/gpu_bench.py --out "$OUT"
 
-# 5. a short GPT run with the kernels on the GPU
-step "GPT training (TINYLLM_KERNELS=cuda)" 50 train_cuda.log \
-    env TINYLLM_KERNELS=cuda "$PY" -m tinyllm train --model gpt --config tiny \
-    --max_steps=20 --out /tmp/tinyllm-gpt-cuda --overwrite
+# 5. the issue's GPT training step on the GPU (the device model: --device cuda)
+step "GPT training (--device cuda, 6L/384, block 256, batch 64)" 60 train_cuda.log \
+    "$PY" -m tinyllm train --model gpt --config small --device cuda --n_layer=6 \
+    --n_head=6 --n_embd=384 --block_size=256 --batch_size=64 --max_steps=15 \
+    --eval_every=5 --eval_batches=1 --warmup_steps=5 --sample_every=0 --progress=false \
+    --out /tmp/tinyllm-gpt-cuda --overwrite
 
 log "done: status $status"
 exit $status

@@ -149,9 +149,10 @@ RNN_SETTINGS = {"task", "n_symbols", "min_len", "max_len", "d_embed", "d_hidden"
 TRAIN_SETTINGS = {"max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1",
                   "beta2", "grad_clip", "eval_every", "eval_batches", "patience", "seed",
                   "log_every", "time_limit", "stop_at", "progress", "sample_every", "grad_accum",
-                  "distributed", "bucket_mb"}
+                  "distributed", "bucket_mb", "device"}
 RESUMABLE = ["max_steps", "eval_every", "eval_batches", "patience", "log_every",
-             "time_limit", "stop_at", "progress", "sample_every", "distributed", "bucket_mb"]
+             "time_limit", "stop_at", "progress", "sample_every", "distributed", "bucket_mb",
+             "device"]
 
 
 def test_presets_are_three_dataclasses_with_the_usual_settings():

@@ -11,7 +11,7 @@ derivative, and for measuring how fast that math runs.
 from .autograd import *  # noqa: F401,F403
 from .autograd import __all__ as _autograd_all
 from .autograd import functional
-from .errors import AnomalyError, GradcheckError, ShapeError
+from .errors import AnomalyError, DeviceError, GradcheckError, ShapeError
 from . import runtime, kernels, nn, models, optim, data, train, infer, viz  # noqa: E402,I001
 from . import precision  # noqa: E402,F401
 from .infer import beam_search, generate
@@ -20,6 +20,7 @@ from .train.persist import load, save
 
 
 __version__ = "0.1.0"
-__all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "functional",
+__all__ = list(_autograd_all) + ["ShapeError", "GradcheckError", "AnomalyError", "DeviceError",
+                                 "functional",
                                  "runtime", "kernels", "nn", "models", "optim", "data", "train",
                                  "infer", "viz", "generate", "beam_search", "load", "save"]

@@ -229,6 +229,18 @@ def cmd_train(args) -> int:
         p = make_preset(args.model, preset, args.settings)
     except SettingsError as e:
         raise UsageError(str(e)) from None
+    if args.device:
+        p = p.replace(device=args.device)
+    if p.train.device == "cuda":         # no GPU (and no simulator): one line, exit 2
+        from .backend import require_cuda
+        from .errors import DeviceError
+        if args.model != "gpt" or args.distributed:
+            raise UsageError("--device cuda trains --model gpt in one process (not the rnn, "
+                             "not --distributed)")
+        try:
+            require_cuda("--device cuda")
+        except DeviceError as e:
+            raise UsageError(str(e)) from None
     if args.distributed:
         p = p.replace(distributed=True)
         if p.data.batch_size % group.world:          # every rank says it: no rank waits
@@ -983,6 +995,9 @@ def _parser():
                     "as `mpiexec -n N tinyllm train ... --distributed`; batch_size is the "
                     "global batch, each rank takes batch_size/N rows; needs "
                     "pip install -e \".[mpi]\" (default off)")
+    tr.add_argument("--device", choices=("cpu", "cuda"), help="where to train: cpu, or cuda "
+                    "(a GPU with CuPy: pip install -e \".[gpu]\"); the same as --device=... "
+                    "(default cpu)")
     tr.set_defaults(run=cmd_train)
     ds = sub.add_parser("distill", help="train a smaller student GPT from a teacher GPT "
                         "(knowledge distillation)",

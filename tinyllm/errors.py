@@ -28,3 +28,9 @@ class GradcheckError(AssertionError):
 
 class AnomalyError(FloatingPointError):
     """Raised under ``detect_anomaly()`` by the first op that produces NaN or Inf."""
+
+
+class DeviceError(RuntimeError):
+    """A device that is not here (``"cuda"`` without a GPU or the simulator), an unknown
+    device name, or Tensors on different devices meeting in one op. The message names the
+    devices, the op or argument, and the fix."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import backend, kernels
 from ..errors import ShapeError
 from .ops import dropout, embedding, gelu, relu, sigmoid, tanh  # noqa: F401  (re-exported)
 from .ops import linear as _linear_node
@@ -33,29 +33,42 @@ class KernelOp(Function):
     with several outputs: ``apply`` returns a tuple of Tensors, and the backward hands the
     kernel the tuple of their upstream gradients, ``None`` for an output that got none (the
     kernels' backward contract reads ``None`` as zero).
+
+    Inputs on cuda run the family's ``cuda`` kernel (``kernels.get(name, device="cuda")``);
+    a family without one runs its CPU kernel on host copies (on the simulator: host views,
+    no copy) and its results go back to the device.
     """
 
     @staticmethod
     def forward(ctx, *arrays, kernel, grad_args, options):
-        k = kernels.get(kernel)
         floats = [arrays[i] for i in grad_args if arrays[i] is not None]
-        dt = np.result_type(*floats) if floats else None
+        dev = backend.device_of(floats[0]) if floats else "cpu"
+        k = kernels.get(kernel, device=dev)
+        dt = np.result_type(*(a.dtype for a in floats)) if floats else None
         args = list(arrays)
         for i in grad_args:
             if args[i] is not None and args[i].dtype != dt:
                 args[i] = args[i].astype(dt)
+        ctx.dtypes = [a.dtype if backend.is_array(a) else None for a in arrays]
+        ctx.device, ctx.arg = dev, (backend.raw if k.impl == "cuda" else backend.host_view)
+        if dev != "cpu":                     # what the kernel reads: cupy, or host memory
+            args = [ctx.arg(a) for a in args]
         out, cache = k.forward(*args, **options)
         ctx.kernel, ctx.cache, ctx.grad_args = k, cache, grad_args
-        ctx.dtypes = [a.dtype if isinstance(a, np.ndarray) else None for a in arrays]
-        return tuple(out) if isinstance(out, (tuple, list)) else out
+        if isinstance(out, (tuple, list)):
+            return tuple(backend.adopt(o, dev) for o in out)
+        return backend.adopt(out, dev)
 
     @staticmethod
     def backward(ctx, *douts):
+        if ctx.device != "cpu":
+            douts = tuple(ctx.arg(d) for d in douts)
         dout = douts if ctx.n_outputs > 1 else douts[0]
         grads = ctx.kernel.backward(dout, ctx.cache)
         result = [None] * len(ctx.dtypes)
         for i, g in zip(ctx.grad_args, grads):
             if g is not None and ctx.needs_input_grad[i]:
+                g = backend.adopt(g, ctx.device)
                 result[i] = g if g.dtype == ctx.dtypes[i] else g.astype(ctx.dtypes[i])
         return tuple(result)
 
@@ -115,7 +128,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     the NaN of 0/0. A target outside [0, V) raises IndexError.
     """
     logits = _tensor(logits, "cross_entropy", "logits")
-    t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+    t = targets.data if isinstance(targets, Tensor) else targets
+    t = t if backend.is_array(t) else np.asarray(t)
     return _kernel("cross_entropy", logits, t, grad_args=(0,), ignore_index=ignore_index)
 
 

@@ -20,8 +20,14 @@ PyTorch, and name the shape otherwise. ``argmax`` gives a plain int64 ndarray an
 comparisons (``t > 0``) a boolean one: indices and masks have no gradient. ``view`` is
 ``reshape`` (a new array, not a view sharing a gradient).
 
+Devices (``tinyllm.backend``): ``Tensor(data, device="cuda")``, ``t.device``, ``t.to(d)`` and
+``t.cpu()``. ``to`` is a differentiable copy (an op: the gradient flows back to the source's
+device), ``t`` itself when it is on ``d`` already. ``t.numpy()`` on cuda raises, naming
+``.cpu()``. Tensors of one op must share a device (DeviceError naming both); non-Tensor host
+arrays passed to an op (indices, targets, masks) are copied to the op's device.
+
 Left out on purpose: in-place ops, views that share a gradient, higher-order gradients (the
-backward pass is not itself recorded) and devices.
+backward pass is not itself recorded).
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ import traceback
 
 import numpy as np
 
-from ..errors import AnomalyError, ShapeError
+from .. import backend as _dev
+from ..errors import AnomalyError, DeviceError, ShapeError
 from ..stopwatch import OpProfile, fresh_bytes
 from ..precision import _ACTIVE as _PRECISION   # tl.precision.everywhere's output rounding
 
@@ -106,6 +113,8 @@ def _to_array(data) -> np.ndarray:
         except (TypeError, ValueError) as e:
             raise TypeError(f"Tensor: cannot turn {type(data).__name__} into float32 "
                             f"numbers ({e})") from None
+    elif _dev.is_device(data):                     # a CuPy array
+        arr = data
     else:
         raise TypeError(f"Tensor: data must be an ndarray, a list or a number, "
                         f"got {type(data).__name__}")
@@ -123,8 +132,10 @@ class Tensor:
 
     __array_priority__ = 1000  # so ndarray (op) Tensor defers to Tensor's reflected op
 
-    def __init__(self, data, requires_grad: bool = False):
+    def __init__(self, data, requires_grad: bool = False, device: str | None = None):
         self.data = _to_array(data)
+        if device is not None:
+            self.data = _dev.to_device(self.data, device)
         if requires_grad and self.data.dtype not in _FLOATS:
             raise TypeError(f"Tensor: only float32/float64 tensors can require grad, "
                             f"got {self.data.dtype}")
@@ -154,15 +165,28 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._ctx is None)
+    device = property(lambda self: _dev.device_of(self.data))     # "cpu" | "cuda"
+
+    def to(self, device: str) -> "Tensor":
+        """This tensor on ``device``: itself if it is there, else a differentiable copy."""
+        return _ops.to_device(self, device)
+
+    def cpu(self) -> "Tensor":
+        return _ops.to_device(self, "cpu")
 
     def __len__(self):
         return len(self.data)
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+        grad += ", device='cuda'" if self.device == "cuda" else ""
+        data = _dev.host_view(self.data)
+        return f"Tensor({np.array2string(data, precision=4, threshold=20)}{grad})"
 
     def numpy(self) -> np.ndarray:
+        if self.device != "cpu":
+            raise DeviceError(f"Tensor.numpy: the tensor is on {self.device}; copy it to the "
+                              f"host first: t.cpu().numpy()")
         return self.data
 
     def item(self):
@@ -220,7 +244,9 @@ class Tensor:
                                    f"of that shape, or reduce the output to a scalar first")
             grad = np.ones_like(self.data)
         else:
-            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+            grad = grad.data if isinstance(grad, Tensor) else grad
+            grad = _dev.to_device(grad if _dev.is_array(grad) else np.asarray(grad),
+                                  self.device)
             if grad.dtype.kind not in "fiub":
                 raise TypeError(f"backward: the gradient must be numeric, got dtype {grad.dtype}")
             grad = grad.astype(self.dtype, copy=False)
@@ -244,7 +270,7 @@ class Tensor:
 
     def _accumulate(self, g: np.ndarray) -> None:
         if self.grad is None:
-            self.grad = np.array(g, dtype=self.dtype, copy=True)
+            self.grad = g.astype(self.dtype, copy=True)     # on g's device
         else:
             self.grad += g
 
@@ -400,6 +426,8 @@ class Function:
     Keyword arguments are passed to forward as options.
     """
 
+    _moves = False          # True for the one op whose output leaves its inputs' device
+
     @staticmethod
     def forward(ctx: Context, *arrays, **options):
         raise NotImplementedError
@@ -411,6 +439,10 @@ class Function:
     @classmethod
     def apply(cls, *args, **options):
         arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
+        dev = "cpu"
+        if any(type(a) is not np.ndarray and _dev.is_device(a) for a in arrays):
+            dev = _dev.op_device(cls.__name__, arrays, [isinstance(a, Tensor) for a in args])
+            arrays = tuple(_dev.follow(a, dev) for a in arrays)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         track = _state["grad"] and any(needs)
         parents = tuple(a if n else None for a, n in zip(args, needs))
@@ -425,10 +457,12 @@ class Function:
         if several and not outs:
             raise RuntimeError(f"{cls.__name__}.forward returned an empty tuple; it must "
                                f"return an array or a tuple of arrays")
-        outs = tuple(o if isinstance(o, np.ndarray) else np.asarray(o) for o in outs)
+        outs = tuple(o if _dev.is_array(o) else np.asarray(o) for o in outs)
         if prof is not None:
             prof.add(prof.node, time.perf_counter() - t0, fresh_bytes(outs))
             prof.node = None
+        if dev != "cpu" and not cls._moves and not all(_dev.is_device(o) for o in outs):
+            raise DeviceError(f"{cls.__name__}.forward returned a host array for {dev} inputs")
         rnd = _PRECISION["round"]
         if rnd is not None:     # inside tl.precision.everywhere(fmt): round every output
             outs = tuple(rnd(o) for o in outs)
@@ -492,7 +526,11 @@ def _backward_node(ctx: Context, douts: list, node_grads: dict, tensor_grads: di
     for i, (p, g) in enumerate(zip(ctx.parents, in_grads)):
         if p is None or g is None:
             continue
-        g = np.asarray(g)
+        g = g if _dev.is_array(g) else np.asarray(g)
+        if (type(g) is not np.ndarray or type(p.data) is not np.ndarray) \
+                and _dev.device_of(g) != p.device:
+            raise DeviceError(f"{ctx.op.__name__}.backward: the gradient of input {i} is on "
+                              f"{_dev.device_of(g)}, the input on {p.device}")
         if g.shape != p.shape:
             raise ShapeError(f"{ctx.op.__name__}.backward: gradient for input {i} has shape "
                              f"{g.shape}, but the input has shape {p.shape}")
@@ -545,7 +583,7 @@ def _check_finite(arr: np.ndarray, what: str, ctx: Context, inputs, passed=()) -
     anomaly: a -inf attention mask flowing through a softmax is fine, exp overflowing to +inf
     or -inf minus -inf making NaN is not.
     """
-    new = _new_nonfinite(arr, passed)
+    new = _new_nonfinite(_dev.to_host(arr), [_dev.to_host(a) for a in passed])
     if not new:
         return
     bad = " and ".join(new)

@@ -143,11 +143,18 @@ def module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def get(name: str, impl: str | None = None) -> Kernel:
-    """The ``impl`` implementation of kernel family ``name`` (default: ``default_impl()``)."""
+def get(name: str, impl: str | None = None, device: str = "cpu") -> Kernel:
+    """The ``impl`` implementation of kernel family ``name`` (default: ``default_impl()``).
+    ``device="cuda"`` (inputs on the GPU) picks the family's ``cuda`` kernel, or, for a family
+    without one, the default CPU kernel (the caller then hands it host arrays)."""
     explicit = impl is not None
-    impl = default_impl() if impl is None else _check_impl(impl, f"kernels.get({name!r})")
     mod = module(name)
+    if device == "cuda" and impl is None:
+        has = getattr(mod, "CUDA", None) is not None
+        impl = "cuda" if has else default_impl()
+        if not has and impl == "cuda":
+            impl = "numba" if _numba_available() else "numpy"
+    impl = default_impl() if impl is None else _check_impl(impl, f"kernels.get({name!r})")
     if impl == "cuda" and not explicit and getattr(mod, "CUDA", None) is None:
         impl = "numba" if _numba_available() else "numpy"     # no GPU version: the CPU one
     k = getattr(mod, _ATTR[impl], None)
@@ -245,9 +252,12 @@ def merge_heads(dq, dk, dv, B: int, T: int, H: int, hs: int, dtype):
                                          for d in (dq, dk, dv)):
         from ._heads import merge_heads as _merge
         return _merge(dq, dk, dv, B, T, H, hs, dtype)
-    g = np.empty((B, T, 3, H, hs), dtype)
+    from ..backend import xp                   # the gradients' array module (a device's)
+    mod = xp(next(d for d in (dq, dk, dv) if d is not None))
+    g = mod.zeros((B, T, 3, H, hs), dtype)
     for i, d in enumerate((dq, dk, dv)):
-        g[:, :, i] = 0 if d is None else d.transpose(0, 2, 1, 3)
+        if d is not None:
+            g[:, :, i] = d.transpose(0, 2, 1, 3)
     return g.reshape(B * T, 3 * H * hs)
 
 

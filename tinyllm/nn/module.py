@@ -10,6 +10,12 @@ The containers: ``ModuleList`` (a list), ``Sequential`` (modules called in order
 match PyTorch's ("0.weight", "enc.bias"). The tree is walked as PyTorch walks it:
 ``modules()`` / ``named_modules()`` depth first, ``children()`` one level, ``apply(fn)``
 children before parents.
+
+Devices: ``model.to("cuda")`` moves every parameter (and its ``.grad``) in place: the same
+Parameter objects get new ``.data``, so an optimiser built before or after holds them still
+(its states follow the parameters at its next step). ``state_dict()`` always gives host
+(NumPy) arrays, so checkpoints are written from host copies; ``load_state_dict`` copies host
+arrays onto the parameters' device.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import backend
 from ..autograd import Tensor
 from ..errors import ShapeError
 
@@ -174,8 +181,28 @@ class Module:
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """name -> the parameter's array (not a copy; copy it if you will mutate it)."""
-        return {name: p.data for name, p in self.named_parameters()}
+        """name -> the parameter's array (not a copy; copy it if you will mutate it). On cuda:
+        a host copy of it."""
+        return {name: backend.to_host(p.data) for name, p in self.named_parameters()}
+
+    def to(self, device: str) -> "Module":
+        """Move every parameter and its ``.grad`` to ``device`` ("cpu" or "cuda") in place
+        (the same Parameter objects); returns self."""
+        device = backend.check_device(device, f"{type(self).__name__}.to")
+        if device == "cuda":
+            backend.require_cuda(f"{type(self).__name__}.to('cuda')")
+        for _, p in self.named_parameters():
+            p.data = backend.to_device(p.data, device)
+            if p.grad is not None:
+                p.grad = backend.to_device(p.grad, device)
+        return self
+
+    @property
+    def device(self) -> str:
+        """The device of the first parameter ("cpu" for a module without any)."""
+        for _, p in self.named_parameters():
+            return p.device
+        return "cpu"
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters in place (their dtype is kept). Missing or
@@ -196,7 +223,8 @@ class Module:
             raise KeyError(f"load_state_dict: {type(self).__name__}: {'; '.join(parts)}")
         for name, p in own.items():
             if name in state:
-                arr = np.asarray(state[name])
+                arr = backend.to_host(state[name])
+                arr = arr if backend.is_array(arr) else np.asarray(arr)
                 if arr.shape != p.data.shape:
                     raise ShapeError(f"load_state_dict: {name} has shape {arr.shape} in the "
                                      f"state but {p.data.shape} in the model")
@@ -204,7 +232,8 @@ class Module:
                     raise TypeError(f"load_state_dict: {name} has dtype {arr.dtype}")
         for name, p in own.items():
             if name in state:
-                p.data[...] = state[name]
+                arr = backend.to_host(state[name])
+                p.data[...] = backend.to_device(np.asarray(arr, dtype=p.data.dtype), p.device)
 
     # ------------------------------------------------------------ modes and grads
     def train(self, mode: bool = True) -> "Module":

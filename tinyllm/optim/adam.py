@@ -14,9 +14,9 @@ kernel registry picks one (``with tl.kernels.use("numpy"):``, ``TINYLLM_KERNELS`
 """
 from __future__ import annotations
 
-import numpy as np
+import math
 
-from .. import kernels
+from .. import backend, kernels
 from .optimizer import Optimizer, _check_number
 
 __all__ = ["Adam", "AdamW", "adam_reference"]
@@ -73,15 +73,15 @@ class Adam(Optimizer):
         return ("exp_avg", "exp_avg_sq")
 
     def _update(self, p, g, state, group):
-        if "exp_avg" not in state:
-            state["exp_avg"] = np.zeros(p.shape, p.dtype)
-            state["exp_avg_sq"] = np.zeros(p.shape, p.dtype)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m, v = _moments(p, state)
         k = kernels.get("adam", _impl(self.fused))
         k.forward(p, g, m, v, lr=group["lr"], step=state["step"], beta1=group["betas"][0],
                   beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"],
                   decoupled=self._decoupled,
                   tmp=self._tmp(p) if k.impl == "numpy" else None)   # scratch: reference only
+
+    def _update_device(self, p, g, state, group):
+        _adam_device(p, g, state, group, self._decoupled)
 
 
 class AdamW(Adam):
@@ -98,3 +98,44 @@ class AdamW(Adam):
                  fused=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          fused=fused)
+
+
+def _adam_device(p, g, state, group, decoupled):
+    """The ``adam`` kernel's reference update in array-module code, the same ufuncs in the
+    same order (so the same bits; tests/test_device.py checks it): p, m, v in place on the
+    device (Adam's ``_update_device``), one scratch array."""
+    m, v = _moments(p, state)
+    xp = backend.xp(p)
+    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
+    step = state["step"]
+    tmp = xp.empty_like(p)
+    bc1 = 1.0 - beta1 ** step
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    if wd != 0.0:
+        if decoupled:
+            p *= 1.0 - lr * wd                        # AdamW: p <- p (1 - lr wd)
+        else:
+            g = g + wd * p                            # Adam: g <- g + wd p
+    m *= beta1                                        # m <- b1 m + (1 - b1) g
+    xp.multiply(g, 1.0 - beta1, out=tmp)
+    m += tmp
+    v *= beta2                                        # v <- b2 v + (1 - b2) g g
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v += tmp
+    xp.sqrt(v, out=tmp)                               # denom = sqrt(v) / sqrt(bc2) + eps
+    tmp /= bc2_sqrt
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)                        # p <- p - (lr / bc1) m / denom
+    tmp *= lr / bc1
+    p -= tmp
+
+
+def _moments(p, state) -> tuple:
+    """(m, v): made the first time as zeros of p's shape and dtype, on p's device."""
+    if "exp_avg" not in state:
+        xp = backend.xp(p)
+        state["exp_avg"] = xp.zeros(p.shape, p.dtype)
+        state["exp_avg_sq"] = xp.zeros(p.shape, p.dtype)
+    return state["exp_avg"], state["exp_avg_sq"]

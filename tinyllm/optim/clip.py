@@ -14,11 +14,11 @@ import math
 
 import numpy as np
 
-from .. import kernels
+from .. import backend, kernels
 
 
 def _grads(params) -> list:
-    if isinstance(getattr(params, "data", None), np.ndarray):
+    if backend.is_array(getattr(params, "data", None)):
         params = [params]
     seen, out = set(), []
     for p in params:
@@ -31,8 +31,29 @@ def _grads(params) -> list:
 
 
 def _norm(ps) -> float:
+    if any(backend.is_device(p.grad) for p in ps):
+        return _norm_device(ps)
     total, _ = kernels.get("grad_norm").forward(*(np.asarray(p.grad) for p in ps))
     return float(total)
+
+
+def _norm_device(ps) -> float:
+    """The ``grad_norm`` kernel's reference on device gradients: per gradient a float64
+    dot product on the device, summed in order as Python floats (one transfer each)."""
+    if len({backend.device_of(p.grad) for p in ps}) > 1:
+        raise _mixed_devices()
+    total = 0.0
+    for p in ps:
+        g = p.grad
+        flat = g.reshape(-1) if g.dtype == np.float64 else g.astype(np.float64).reshape(-1)
+        total += float(backend.xp(g).dot(flat, flat))
+    return math.sqrt(total)
+
+
+def _mixed_devices():
+    from ..errors import DeviceError
+    return DeviceError("clip_grad_norm_: the gradients are on different devices (cpu and "
+                       "cuda); move the model to one device")
 
 
 def grad_norm(params) -> float:
@@ -57,7 +78,8 @@ def clip_grad_norm_(params, max_norm: float) -> float:
     if math.isfinite(total) and total > max_norm:
         scale = float(max_norm) / total
         for p in ps:
-            if isinstance(p.grad, np.ndarray) and p.grad.flags.writeable:
+            if backend.is_device(p.grad) or (isinstance(p.grad, np.ndarray)
+                                             and p.grad.flags.writeable):
                 p.grad *= scale                  # Python float: float32 stays float32
             else:
                 p.grad = np.asarray(p.grad) * scale

@@ -18,6 +18,12 @@ checkpoint stores the arrays as safetensors and the meta as JSON (never pickle).
 are named ``state.<i>.<name>``, ``i`` counting the parameters over all groups in order, e.g.
 ``state.0.exp_avg``. ``load_state_dict`` checks the parameter count and every shape before it
 changes anything; resuming from it continues bitwise identically.
+
+Devices: a parameter's state arrays live on its device (created there, ``xp(p).zeros``);
+after ``model.to(device)`` they follow their parameter at the next step. On cuda the update
+runs as array-module code (``_update_device``, step for step the kernel's reference, so the
+same bits). ``state_dict()`` holds host copies; ``load_state_dict`` puts each array on its
+parameter's device.
 """
 from __future__ import annotations
 
@@ -26,13 +32,14 @@ import numbers
 
 import numpy as np
 
-from ..errors import ShapeError
+from .. import backend
+from ..errors import DeviceError, ShapeError
 
 FORMAT = "tinyllm.optim/1"
 
 
 def _is_param(p) -> bool:
-    return isinstance(getattr(p, "data", None), np.ndarray) and hasattr(p, "grad")
+    return backend.is_array(getattr(p, "data", None)) and hasattr(p, "grad")
 
 
 class Optimizer:
@@ -137,7 +144,11 @@ class Optimizer:
             for p in group["params"]:
                 g = p.grad
                 if g is not None:
-                    g = np.asarray(g)
+                    g = g if backend.is_array(g) else np.asarray(g)
+                    dev = backend.device_of(p.data)
+                    if backend.device_of(g) != dev:
+                        raise DeviceError(f"{name}.step: parameter {i} is on {dev} but its "
+                                          f"grad is on {backend.device_of(g)}")
                     if g.shape != p.data.shape:
                         raise ShapeError(f"{name}.step: parameter {i} has shape {p.data.shape} "
                                          f"but its grad has shape {g.shape}")
@@ -147,12 +158,22 @@ class Optimizer:
                     if state is None:
                         state = self.state[id(p)] = {"step": 0}
                     state["step"] += 1
-                    self._update(p.data, g, state, group)
+                    for k, v in state.items():           # states follow a moved parameter
+                        if backend.is_array(v) and backend.device_of(v) != dev:
+                            state[k] = backend.to_device(v, dev)
+                    if dev == "cpu":
+                        self._update(p.data, g, state, group)
+                    else:
+                        self._update_device(p.data, g, state, group)
                 i += 1
         return loss
 
     def _update(self, p: np.ndarray, g: np.ndarray, state: dict, group: dict) -> None:
         raise NotImplementedError
+
+    def _update_device(self, p, g, state: dict, group: dict) -> None:
+        """The update of a parameter on cuda, in array-module code."""
+        raise NotImplementedError(f"{type(self).__name__}: no update for parameters on cuda")
 
     def _tmp(self, like: np.ndarray) -> np.ndarray:
         """A scratch array shaped like ``like`` (reused across parameters and steps)."""
@@ -181,10 +202,11 @@ class Optimizer:
                 st = self.state.get(id(p))
                 if st is not None:
                     state_meta[str(i)] = {k: _jsonable(v) for k, v in st.items()
-                                          if not isinstance(v, np.ndarray)}
+                                          if not backend.is_array(v)}
                     for k, v in st.items():
-                        if isinstance(v, np.ndarray):
-                            arrays[f"state.{i}.{k}"] = v.copy()
+                        if backend.is_array(v):           # a host copy, from either device
+                            arrays[f"state.{i}.{k}"] = (v.get() if backend.is_device(v)
+                                                        else v.copy())
                 i += 1
         meta = {"format": FORMAT, "type": type(self).__name__, "param_groups": groups,
                 "param_shapes": shapes, "param_dtypes": dtypes, "state": state_meta}
@@ -263,12 +285,13 @@ class Optimizer:
             if parts[2] not in expected[i]:
                 raise ValueError(f"{name}: unknown array {key!r} ({type(self).__name__} keeps "
                                  f"{', '.join(expected[i]) or 'no arrays'} for parameter {i})")
-            arr = np.asarray(arr)
+            arr = np.asarray(backend.to_host(arr))
             if arr.shape != params[i].data.shape:
                 raise ShapeError(f"{name}: {key} has shape {arr.shape} but parameter {i} has "
                                  f"shape {params[i].data.shape}")
             # a copy in the parameter's dtype: loaded arrays may be read-only (mmap)
-            new_state[i][parts[2]] = np.array(arr, dtype=params[i].data.dtype, order="C")
+            new_state[i][parts[2]] = backend.to_device(
+                np.array(arr, dtype=params[i].data.dtype, order="C"), params[i].device)
         for i, st in new_state.items():
             missing = [k for k in expected[i] if k not in st]
             if missing and st["step"] > 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import backend, kernels
 from .adam import _check_fused, _impl
 from .optimizer import Optimizer, _check_number
 
@@ -67,3 +67,30 @@ class SGD(Optimizer):
         k.forward(p, g, buf, lr=lr, momentum=momentum, dampening=damp, nesterov=nesterov,
                   weight_decay=wd, first=first,
                   tmp=self._tmp(p) if k.impl == "numpy" else None)   # scratch: reference only
+
+    def _update_device(self, p, g, state, group):
+        """The ``sgd`` kernel's reference update in array-module code, the same ufuncs in the
+        same order (so the same bits): p and the momentum buffer in place on the device."""
+        xp = backend.xp(p)
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        momentum, damp = float(group["momentum"]), float(group["dampening"])
+        tmp = xp.empty_like(p)
+        if wd != 0.0:
+            g = g + wd * p                                # a new array: g is not changed
+        if momentum != 0.0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()  # b <- g
+            else:
+                buf *= momentum                           # b <- momentum b + (1 - damp) g
+                xp.multiply(g, 1.0 - damp, out=tmp)
+                buf += tmp
+            if bool(group["nesterov"]):
+                xp.multiply(buf, momentum, out=tmp)       # g <- g + momentum b
+                tmp += g
+                g = tmp
+            else:
+                g = buf
+        out = xp.empty_like(p)
+        xp.multiply(g, lr, out=out)                       # p <- p - lr g
+        p -= out

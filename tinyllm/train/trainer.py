@@ -121,6 +121,10 @@ class TrainConfig:
     # process, like the bucket size of the gradient all-reduce (MiB): neither changes the math
     distributed: bool = resumable(False, invocation=True)
     bucket_mb: float = resumable(25.0, invocation=True)
+    # where the model trains: "cpu" or "cuda" (the Trainer moves the model there; batches
+    # stay host int arrays, copied over by the first op that reads them). Per process: a
+    # checkpoint holds host arrays, so a run may resume on either device
+    device: str = resumable("cpu", invocation=True)
 
     def __post_init__(self):
         for f in ("max_steps", "eval_every", "eval_batches", "log_every", "grad_accum"):
@@ -147,6 +151,12 @@ class TrainConfig:
             v = getattr(self, f)
             if not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ValueError(f"TrainConfig: {f} must be in [0, 1), got {v!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"TrainConfig: device must be 'cpu' or 'cuda', got "
+                             f"{self.device!r}")
+        if self.device == "cuda" and self.distributed:
+            raise ValueError("TrainConfig: distributed training runs on cpu; drop "
+                             "device=cuda or distributed")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainConfig: min_lr must be in [0, lr], got {self.min_lr!r}")
 
@@ -210,6 +220,8 @@ class Trainer:
         self._sigint = False             # a Ctrl-C is waiting for the step boundary
         self._resumed = False
         c = self.cfg
+        if c.device != "cpu":            # in place: the same Parameters, now on the device
+            model.to(c.device)
         groups = optim.param_groups_for_decay(
             [(n, p) for n, p in model.named_parameters() if p.requires_grad], c.weight_decay)
         self.opt = optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), eps=1e-8,
@@ -578,13 +590,17 @@ class Trainer:
         self._emit(self.eval_line(val, now, saved, improved))
         if self.sample is not None and c.sample_every and (
                 self.step % (c.eval_every * c.sample_every) == 0 or self.step == c.max_steps):
-            was = self.model.training
+            was, dev = self.model.training, self.model.device
             self.model.eval()
+            if dev != "cpu":             # generation (tinyllm.infer) runs on host arrays
+                self.model.to("cpu")
             try:
                 with no_grad():
                     text = self.sample(self.model)
             finally:
                 self.model.train(was)
+                if dev != "cpu":         # back, in place: the optimiser's Parameters
+                    self.model.to(dev)
             self._emit(f"sample at step {self.step}: {text!r}")
         self._interval_start()
         return bool(c.patience) and self.bad_evals >= c.patience

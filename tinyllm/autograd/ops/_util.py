@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import backend
 from ...errors import ShapeError
 from ..tensor import Tensor
 
@@ -16,7 +17,7 @@ def lift(x, dtype=None, op="op"):
     """
     if isinstance(x, Tensor):
         return x
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray) or backend.is_device(x):
         if x.dtype.kind not in "fiub":
             raise TypeError(f"{op}: expected numbers, got an array of dtype {x.dtype}")
         if x.dtype.kind in "iub" and dtype is not None and dtype.kind == "f":
@@ -36,7 +37,7 @@ def lift(x, dtype=None, op="op"):
 
 def _dtype_of(*xs):
     for x in xs:
-        if isinstance(x, (Tensor, np.ndarray)) and x.dtype.kind == "f":
+        if (isinstance(x, Tensor) or backend.is_array(x)) and x.dtype.kind == "f":
             return x.dtype
     return None
 

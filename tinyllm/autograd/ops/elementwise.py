@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
+from ... import backend
 from ..tensor import Function
 
 
@@ -63,7 +63,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     @staticmethod
     def forward(ctx, x):
-        out = special.expit(x)   # stable for large |x|
+        out = backend.special(x).expit(x)   # stable for large |x|; cupyx's on a device
         ctx.save_for_backward(out)
         return out
 
@@ -106,7 +106,7 @@ class Gelu(Function):
             ctx.save_for_backward(x, t)
             return 0.5 * x * (1 + t)
         if approximate == "none":
-            cdf = 0.5 * (1 + special.erf(x * _INV_SQRT2))
+            cdf = 0.5 * (1 + backend.special(x).erf(x * _INV_SQRT2))
             ctx.save_for_backward(x, cdf)
             return x * cdf
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")

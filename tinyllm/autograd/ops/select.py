@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import backend
 from ...errors import ShapeError
 from ..tensor import Function, Tensor
 from ._util import _binary_operands, broadcast_shape, unbroadcast
@@ -11,8 +12,8 @@ from ._util import _binary_operands, broadcast_shape, unbroadcast
 class Where(Function):
     @staticmethod
     def forward(ctx, cond, a, b):
-        if np.asarray(cond).dtype != bool:
-            raise TypeError(f"where: the condition must be boolean, got {np.asarray(cond).dtype}")
+        if cond.dtype != bool:
+            raise TypeError(f"where: the condition must be boolean, got {cond.dtype}")
         broadcast_shape("where", np.shape(cond), a.shape, b.shape)
         ctx.save_for_backward(cond)
         ctx.shapes = (a.shape, b.shape)
@@ -22,14 +23,14 @@ class Where(Function):
     def backward(ctx, dout):
         (cond,) = ctx.saved
         sa, sb = ctx.shapes
-        zero = np.zeros((), dout.dtype)
+        zero = dout.dtype.type(0)                   # a scalar: no host array on a device
         da = unbroadcast(np.where(cond, dout, zero), sa) if ctx.needs_input_grad[1] else None
         db = unbroadcast(np.where(cond, zero, dout), sb) if ctx.needs_input_grad[2] else None
         return None, da, db
 
 
 def where(cond, a, b):
-    cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
+    cond = cond.data if isinstance(cond, Tensor) else _array(cond)
     a, b = _binary_operands(a, b, "where")
     return Where.apply(cond, a, b)
 
@@ -37,19 +38,19 @@ def where(cond, a, b):
 class MaskedFill(Function):
     @staticmethod
     def forward(ctx, x, mask, value):
-        mask = np.asarray(mask)
+        mask = _array(mask)
         if mask.dtype != bool:
             raise TypeError(f"masked_fill: the mask must be boolean, got {mask.dtype}")
         if broadcast_shape("masked_fill", x.shape, mask.shape) != x.shape:
             raise ShapeError(f"masked_fill: mask shape {mask.shape} does not broadcast to "
                              f"the input shape {x.shape}")
         ctx.save_for_backward(mask)
-        return np.where(mask, np.asarray(value, dtype=x.dtype), x)
+        return np.where(mask, x.dtype.type(value), x)
 
     @staticmethod
     def backward(ctx, dout):
         (mask,) = ctx.saved
-        return np.where(mask, np.zeros((), dout.dtype), dout), None, None
+        return np.where(mask, dout.dtype.type(0), dout), None, None
 
 
 def masked_fill(x, mask, value):
@@ -74,7 +75,7 @@ class Embedding(Function):
 
     @staticmethod
     def forward(ctx, idx, weight):
-        idx = np.asarray(idx)
+        idx = _array(idx)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"embedding: indices must be integers, got {idx.dtype}")
         if weight.ndim != 2:
@@ -90,6 +91,9 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, dout):
         (idx,) = ctx.saved
+        if backend.is_device(dout):
+            rows = dout.reshape(-1, ctx.shape[1])                   # (N, C)
+            return None, _segment_sum(idx.reshape(-1), rows, ctx.shape[0])
         dW = np.zeros(ctx.shape, dtype=dout.dtype)
         flat = idx.reshape(-1)
         if flat.size:
@@ -104,6 +108,34 @@ class Embedding(Function):
         return None, dW
 
 
+def _array(a):
+    """An array argument as it is (host or device); lists and numbers as NumPy arrays."""
+    return a if backend.is_array(a) else np.asarray(a)
+
+
+def _segment_sum(flat, rows, n):
+    """out[v] = sum of rows[j] over the j with flat[j] == v, v in [0, n): (n, C), for device
+    arrays and without atomics. A stable sort groups equal indices; a float64 prefix sum
+    over the sorted rows (a scan: fixed order) is read at each group's last row, and
+    differences of those give the group sums, rounded once to rows' dtype.
+    flat int (N,), rows (N, C)."""
+    xp = backend.xp(rows)
+    out = xp.zeros((n, rows.shape[1]), rows.dtype)                  # (n, C)
+    N = flat.shape[0]
+    if N == 0:
+        return out
+    # CuPy's argsort is always stable and takes no kind; NumPy's must be asked
+    order = xp.argsort(flat) if xp.__name__ == "cupy" else xp.argsort(flat, kind="stable")
+    s = flat[order]                                                 # sorted indices (N,)
+    csum = xp.cumsum(rows[order].astype(xp.float64), axis=0)        # (N, C) float64
+    ends = xp.flatnonzero(s[1:] != s[:-1])                          # last row of each group
+    ends = xp.concatenate([ends, xp.asarray([N - 1], dtype=ends.dtype)])   # ... but the end
+    tot = csum[ends]                                                # (G, C) running totals
+    seg = xp.concatenate([tot[:1], tot[1:] - tot[:-1]])             # (G, C) group sums
+    out[s[ends]] = seg.astype(rows.dtype)
+    return out
+
+
 def embedding(idx, weight):
     return Embedding.apply(idx.data if isinstance(idx, Tensor) else idx, weight)
 
@@ -112,6 +144,8 @@ class Dropout(Function):
     @staticmethod
     def forward(ctx, x, p, rng):
         keep = rng.random(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64) >= p
+        # the host Generator draws the mask (the same stream as on cpu), then it moves over
+        keep = backend.to_device(keep, backend.device_of(x))
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return np.where(keep, x * ctx.scale, 0).astype(x.dtype, copy=False)

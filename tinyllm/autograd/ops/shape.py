@@ -1,9 +1,11 @@
 """Shape ops: reshape, transpose, indexing, concat, stack, split."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ... import kernels
+from ... import backend, kernels
 from ...errors import ShapeError
 from ..tensor import Function, Tensor
 from ._util import _dtype_of, lift
@@ -39,7 +41,7 @@ class Transpose(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        return np.transpose(dout, np.argsort(ctx.axes))
+        return np.transpose(dout, tuple(int(a) for a in np.argsort(ctx.axes)))
 
 
 def _shape_arg(args):
@@ -79,15 +81,26 @@ def _plain_index(idx):
 
 def _is_advanced(idx):
     items = idx if isinstance(idx, tuple) else (idx,)
-    return any(isinstance(i, np.ndarray) for i in items)
+    return any(backend.is_array(i) for i in items)
+
+
+def _index_on(idx, device):
+    """The arrays inside an index on ``device`` (a device array indexes by device arrays)."""
+    if device == "cpu":
+        return idx
+    if isinstance(idx, tuple):
+        return tuple(backend.follow(i, device) for i in idx)
+    return backend.follow(idx, device)
 
 
 class GetItem(Function):
-    """x[idx]. The backward scatters dout back with np.add.at, so repeated integer indices
-    add up."""
+    """x[idx]. The backward scatters dout back, so repeated integer indices add up: with
+    np.add.at on the host; on a device, the flat positions each output element came from
+    are segment-summed (``select._segment_sum``: a sort, no atomics)."""
 
     @staticmethod
     def forward(ctx, x, idx):
+        idx = _index_on(idx, backend.device_of(x))
         ctx.shape, ctx.dtype, ctx.idx = x.shape, x.dtype, idx
         try:
             return x[idx]
@@ -97,7 +110,14 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx, dout):
-        dx = np.zeros(ctx.shape, dtype=ctx.dtype)
+        xp = backend.xp(dout)
+        if xp is not np and _is_advanced(ctx.idx):
+            from .select import _segment_sum
+            n = math.prod(ctx.shape)
+            src = xp.arange(n).reshape(ctx.shape)[ctx.idx].reshape(-1)   # flat source of each
+            rows = dout.astype(ctx.dtype).reshape(-1, 1)                   # (N, 1)
+            return _segment_sum(src, rows, n).reshape(ctx.shape)
+        dx = xp.zeros(ctx.shape, dtype=ctx.dtype)
         if _is_advanced(ctx.idx):
             np.add.at(dx, ctx.idx, dout)
         else:
@@ -113,7 +133,7 @@ class Concat(Function):
     def forward(ctx, *xs, axis=0):
         _check_same_shapes("concat", xs, skip_axis=axis)
         ctx.axis = axis
-        ctx.splits = np.cumsum([x.shape[axis] for x in xs])[:-1]
+        ctx.splits = np.cumsum([x.shape[axis] for x in xs])[:-1].tolist()   # ints: any device
         return np.concatenate(xs, axis=axis)
 
     @staticmethod
