@@ -69,6 +69,10 @@ def main(argv=None) -> int:
         "NUMBA_THREADING_LAYER=workqueue`). **after**: the engine as it is (products as "
         "tiles on Numba's pool, `tinyllm.kernels.matmul`; Numba on omp).",
         "",
+        "In the before tables the products inside the fused MLP node ran through NumPy, which "
+        "the profiler does not see inside a node, so they sit in that node's row (\"GELU / MLP "
+        "elementwise\"), not under matrix products.",
+        "",
     ]
     for label in ("before", "after"):
         text += [f"## {label}", "", profile.table(runs[label]), ""]
