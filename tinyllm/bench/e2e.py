@@ -21,7 +21,6 @@ What a child does, the same way in both engines:
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 
@@ -164,10 +163,8 @@ def run_e2e(models: list, *, threads: int, torch: bool, log, timeout: float) -> 
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    json.dump(child(json.loads(argv[0])), sys.stdout)
-    sys.stdout.write("\n")
-    return 0
+    from .machine import child_main
+    return child_main(child, argv)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,17 @@ def run_json_child(argv: list, spec: dict, threads: int, timeout: float, who: st
         raise error(f"{who} printed no JSON") from None
 
 
+def child_main(child, argv=None) -> int:
+    """The entry point of a JSON child process: ``child(json.loads(argv[0]))`` printed as one
+    JSON line (``tinyllm.bench.e2e`` and ``tinyllm.bench.profile`` run as ``python -m``)."""
+    import json
+    import sys
+    argv = sys.argv[1:] if argv is None else argv
+    json.dump(child(json.loads(argv[0])), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
 def thread_info() -> dict:
     """Thread counts as this process sees them now."""
     out = {}

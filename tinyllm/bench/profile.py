@@ -24,7 +24,6 @@ which is why both step times are shown.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -252,10 +251,8 @@ def table(entries: list, top: int = 14) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    json.dump(child(json.loads(argv[0])), sys.stdout)
-    sys.stdout.write("\n")
-    return 0
+    from .machine import child_main
+    return child_main(child, argv)
 
 
 if __name__ == "__main__":

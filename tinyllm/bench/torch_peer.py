@@ -263,10 +263,11 @@ def torch_generate(torch, model, idx, n: int, use_cache: bool):
         return torch.cat(out, dim=1)
 
 
-def run_e2e(spec: dict) -> dict:
-    import torch
+def _build(torch, spec: dict):
+    """The GPT, AdamW (weight decay on the matrices only, as tinyllm's Trainer) and batch of
+    ``spec``: ``(model, params, opt, x, y, rng)``, rng the Generator the batch came from
+    (the prompt is drawn from it next). Jobs "e2e" and "profile" share it."""
     m, V = spec["model"], spec["vocab_size"]
-    base = rss_mb()["rss"]
     torch.manual_seed(spec.get("seed", 0))
     model = torch_gpt(torch, dict(m, vocab_size=V))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -279,7 +280,15 @@ def run_e2e(spec: dict) -> dict:
     rng = np.random.default_rng(spec.get("seed", 0))
     B, T = m["batch_size"], m["block_size"]
     data = torch.from_numpy(rng.integers(0, V, size=(B, T + 1)))
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    return model, params, opt, data[:, :-1].contiguous(), data[:, 1:].contiguous(), rng
+
+
+def run_e2e(spec: dict) -> dict:
+    import torch
+    m, V = spec["model"], spec["vocab_size"]
+    base = rss_mb()["rss"]
+    model, params, opt, x, y, rng = _build(torch, spec)
+    B, T = m["batch_size"], m["block_size"]
     after_model = rss_mb()["rss"]
 
     def step():
@@ -308,20 +317,7 @@ def run_profile(spec: dict) -> dict:
 
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
-    m, V = spec["model"], spec["vocab_size"]
-    torch.manual_seed(spec.get("seed", 0))
-    model = torch_gpt(torch, dict(m, vocab_size=V))
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2 and p is not model.wte.weight
-             and p is not model.wpe.weight]
-    ids = {id(p) for p in decay}
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": [p for p in params if id(p) not in ids],
-                              "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
-    rng = np.random.default_rng(spec.get("seed", 0))
-    B, T = m["batch_size"], m["block_size"]
-    data = torch.from_numpy(rng.integers(0, V, size=(B, T + 1)))
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    model, params, opt, x, y, _ = _build(torch, spec)
     model.train()
     phases = ("forward", "zero_grad", "backward", "clip", "optimiser")
 
