@@ -58,6 +58,32 @@ def _check(p, g, m, v, lr, step, tmp):
 
 # ---------------------------------------------------------------- NumPy reference
 
+def update_arrays(xp, p, g, m, v, tmp, *, lr, step, beta1, beta2, eps, weight_decay,
+                  decoupled):
+    """The update itself in array-module ``xp`` code (NumPy here; CuPy, or the simulator's
+    stand-in, for the optimisers' device update): p, m, v in place, ``tmp`` scratch."""
+    bc1 = 1.0 - beta1 ** step
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    if weight_decay != 0.0:
+        if decoupled:
+            p *= 1.0 - lr * weight_decay                  # AdamW: p <- p (1 - lr wd)
+        else:
+            g = g + weight_decay * p                      # Adam: g <- g + wd p (new array)
+    m *= beta1                                            # m <- b1 m + (1 - b1) g
+    xp.multiply(g, 1.0 - beta1, out=tmp)
+    m += tmp
+    v *= beta2                                            # v <- b2 v + (1 - b2) g g
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v += tmp
+    xp.sqrt(v, out=tmp)                                   # denom = sqrt(v) / sqrt(bc2) + eps
+    tmp /= bc2_sqrt
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)                            # p <- p - (lr / bc1) m / denom
+    tmp *= lr / bc1
+    p -= tmp
+
+
 def forward_ref(p, g, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.0, decoupled=False, tmp=None):
     """The specification: in-place ufuncs, one scratch array. The scalars are Python floats,
@@ -67,26 +93,8 @@ def forward_ref(p, g, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8,
     beta1, beta2 = float(beta1), float(beta2)
     if tmp is None:
         tmp = np.empty_like(p)
-    bc1 = 1.0 - beta1 ** step
-    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
-    if wd != 0.0:
-        if decoupled:
-            p *= 1.0 - lr * wd                            # AdamW: p <- p (1 - lr wd)
-        else:
-            g = g + wd * p                                # Adam: g <- g + wd p (new array)
-    m *= beta1                                            # m <- b1 m + (1 - b1) g
-    np.multiply(g, 1.0 - beta1, out=tmp)
-    m += tmp
-    v *= beta2                                            # v <- b2 v + (1 - b2) g g
-    np.multiply(g, g, out=tmp)
-    tmp *= 1.0 - beta2
-    v += tmp
-    np.sqrt(v, out=tmp)                                   # denom = sqrt(v) / sqrt(bc2) + eps
-    tmp /= bc2_sqrt
-    tmp += eps
-    np.divide(m, tmp, out=tmp)                            # p <- p - (lr / bc1) m / denom
-    tmp *= lr / bc1
-    p -= tmp
+    update_arrays(np, p, g, m, v, tmp, lr=lr, step=step, beta1=beta1, beta2=beta2, eps=eps,
+                  weight_decay=wd, decoupled=decoupled)
     return (p, m, v), None
 
 

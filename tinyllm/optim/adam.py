@@ -14,9 +14,8 @@ kernel registry picks one (``with tl.kernels.use("numpy"):``, ``TINYLLM_KERNELS`
 """
 from __future__ import annotations
 
-import math
-
 from .. import backend, kernels
+from ..kernels.adam import update_arrays
 from .optimizer import Optimizer, _check_number
 
 __all__ = ["Adam", "AdamW", "adam_reference"]
@@ -101,35 +100,16 @@ class AdamW(Adam):
 
 
 def _adam_device(p, g, state, group, decoupled):
-    """The ``adam`` kernel's reference update in array-module code, the same ufuncs in the
-    same order (so the same bits; tests/test_device.py checks it): p, m, v in place on the
+    """The ``adam`` kernel's reference update (``kernels.adam.update_arrays``) in the
+    device's array module, the same ufuncs in the same order (so the same bits;
+    tests/test_device.py checks it): p, m, v in place on the
     device (Adam's ``_update_device``), one scratch array."""
     m, v = _moments(p, state)
     xp = backend.xp(p)
-    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
-    beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
-    step = state["step"]
-    tmp = xp.empty_like(p)
-    bc1 = 1.0 - beta1 ** step
-    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
-    if wd != 0.0:
-        if decoupled:
-            p *= 1.0 - lr * wd                        # AdamW: p <- p (1 - lr wd)
-        else:
-            g = g + wd * p                            # Adam: g <- g + wd p
-    m *= beta1                                        # m <- b1 m + (1 - b1) g
-    xp.multiply(g, 1.0 - beta1, out=tmp)
-    m += tmp
-    v *= beta2                                        # v <- b2 v + (1 - b2) g g
-    xp.multiply(g, g, out=tmp)
-    tmp *= 1.0 - beta2
-    v += tmp
-    xp.sqrt(v, out=tmp)                               # denom = sqrt(v) / sqrt(bc2) + eps
-    tmp /= bc2_sqrt
-    tmp += eps
-    xp.divide(m, tmp, out=tmp)                        # p <- p - (lr / bc1) m / denom
-    tmp *= lr / bc1
-    p -= tmp
+    update_arrays(xp, p, g, m, v, xp.empty_like(p), lr=float(group["lr"]), step=state["step"],
+                  beta1=float(group["betas"][0]), beta2=float(group["betas"][1]),
+                  eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+                  decoupled=decoupled)
 
 
 def _moments(p, state) -> tuple:
