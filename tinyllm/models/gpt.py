@@ -379,17 +379,8 @@ class GPT(Module):
         where the Tensor path (``_trunk``) costs several."""
         t = self.transformer
         B, T = new.shape
-        norm = kernels.get("layernorm").forward
-        mlp = kernels.get("mlp").forward
-        attend = kernels.get("decode_attention").forward
-
-        def ln(x, layer):                                            # (N, C) -> (N, C)
-            return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
-
-        quant_wte = isinstance(t.wte, QuantEmbedding)
-        tok = t.wte.lookup(new) if quant_wte else t.wte.weight.data[new]    # (B, T, C)
-        x = tok + t.wpe.weight.data[pos:pos + T]                     # (B, T, C), a new array
-        x = x.reshape(B * T, x.shape[-1])                            # (B T, C)
+        ln, mlp, attend = self._array_kernels()
+        x = self._embed_arrays(new, pos)                             # (B T, C)
         for i, blk in enumerate(t.h):
             a, f = blk.attn, blk.mlp
             H = a.n_head
@@ -423,16 +414,8 @@ class GPT(Module):
         dominated decoding."""
         cfg, t = self.config, self.transformer
         B, hs = new.shape[0], cfg.head_size
-        norm = kernels.get("layernorm").forward
-        mlp = kernels.get("mlp").forward
-        attend = kernels.get("decode_attention").forward
-
-        def ln(x, layer):                                            # (B, C) -> (B, C)
-            return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
-
-        quant_wte = isinstance(t.wte, QuantEmbedding)
-        tok = t.wte.lookup(new) if quant_wte else t.wte.weight.data[new]
-        x = tok + t.wpe.weight.data[pos]                             # (B, C), a new array
+        ln, mlp, attend = self._array_kernels()
+        x = self._embed_arrays(new[:, None], pos)                    # (B, C)
         for i, blk in enumerate(t.h):
             a, f = blk.attn, blk.mlp
             H = a.n_head                                             # this layer's heads
@@ -445,6 +428,25 @@ class GPT(Module):
             x += _linear(y.reshape(B, A), a.c_proj)                  # residual, in place
             x += _mlp_arrays(ln(x, blk.ln_2), f, mlp)                 # (B, C)
         return self._head_arrays(ln(x, t.ln_f))                      # (B, V)
+
+    @staticmethod
+    def _array_kernels():
+        """The array paths' kernels, by the implementation in effect: ``ln(x, layer)``
+        (N, C) -> (N, C), the ``mlp`` forward and the ``decode_attention`` forward."""
+        norm = kernels.get("layernorm").forward
+
+        def ln(x, layer):
+            return norm(x, layer.weight.data, _data(layer.bias), layer.eps)[0]
+        return ln, kernels.get("mlp").forward, kernels.get("decode_attention").forward
+
+    def _embed_arrays(self, new: np.ndarray, pos: int) -> np.ndarray:
+        """new (B, T) at absolute positions pos..pos+T-1 -> wte[new] + wpe[pos + t] as a new
+        (B T, C) array (through the quantised table when wte is one)."""
+        t = self.transformer
+        B, T = new.shape
+        tok = t.wte.lookup(new) if isinstance(t.wte, QuantEmbedding) else t.wte.weight.data[new]
+        x = tok + t.wpe.weight.data[pos:pos + T]                     # (B, T, C)
+        return x.reshape(B * T, x.shape[-1])
 
     def _head_arrays(self, h: np.ndarray) -> np.ndarray:
         """The tied head on plain arrays, h (N, C) -> (N, V): through the quantised table,
