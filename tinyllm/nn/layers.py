@@ -300,13 +300,10 @@ class CausalSelfAttention(Module):
                              f"{tuple(x.shape)}")
         B, T, C = x.shape
         H, hs = self.n_head, self.head_size
-        if kv is None and getattr(self.c_attn, "weight", None) is None:
-            # a quantised c_attn (tl.nn.QuantLinear) has no weight to slice: one product
-            qkv = self.c_attn(x).reshape((B, T, 3, H, hs)).transpose((2, 0, 3, 1, 4))
-            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], causal=True)
-        elif kv is None:
-            # one (B T, C) @ (C, 3A) product with its bias (a Linear node), cut into heads by
-            # one node whose backward fills one (B T, 3A) gradient (ops.SplitHeads)
+        if kv is None:
+            # one (B T, C) @ (C, 3A) product with its bias (a Linear node, or a quantised
+            # one), cut into heads by one node whose backward fills one (B T, 3A) gradient
+            # (ops.SplitHeads)
             qkv = self.c_attn(x.reshape((B * T, C)))            # (B T, 3A)
             q, k, v = split_heads(qkv, B, T, H, hs)            # (B, H, T, hs) each
             y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, H, T, hs)
