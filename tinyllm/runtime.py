@@ -47,7 +47,7 @@ import os
 
 DEFAULT_NUMBA_LAYER = "omp"
 FALLBACK_NUMBA_LAYER = "workqueue"               # where OpenMP (libgomp) does not load
-INFERENCE_NUMBA_LAYER = "omp"
+INFERENCE_NUMBA_LAYER = DEFAULT_NUMBA_LAYER      # the same layer now (kept as a name)
 _CHEAP = ("omp", "tbb")                          # layers whose workers spin between launches
 
 

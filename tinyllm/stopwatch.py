@@ -20,6 +20,7 @@ greedy generations with and without the KV cache.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -160,22 +161,18 @@ class OpProfile:
         r[0] += seconds
         r[1] += 1
 
+    @contextlib.contextmanager
     def phase(self, name: str):
         """``with prof.phase("forward"): ...``: time a phase; ops inside are filed under it."""
-        prof = self
-
-        class _Phase:
-            def __enter__(self):
-                self.prev, prof.current = prof.current, name
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                r = prof.phases.setdefault(name, [0.0, 0])
-                r[0] += time.perf_counter() - self.t0
-                r[1] += 1
-                prof.current = self.prev
-                return False
-        return _Phase()
+        prev, self.current = self.current, name
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            r = self.phases.setdefault(name, [0.0, 0])
+            r[0] += time.perf_counter() - t0
+            r[1] += 1
+            self.current = prev
 
 
 def active_profile() -> OpProfile | None:

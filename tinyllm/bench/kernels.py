@@ -26,7 +26,7 @@ from ..kernels._harness import random_like
 from ..stopwatch import measure, summarize
 from . import torch_peer
 from .machine import run_json_child
-from .specs import GBPS, make_inputs
+from .specs import GBPS, OUT_PASS, make_inputs
 
 
 class PeerError(RuntimeError):
@@ -47,9 +47,9 @@ def our_callables(spec, impl: str) -> dict:
     rng = np.random.default_rng(0)
     arrays, opts = make_inputs(spec, rng)
     fns = {"fwd": lambda: k.forward(*arrays, **opts)}
-    if "fwd out=" in spec.passes:
+    if OUT_PASS in spec.passes:
         buf = np.empty_like(k.forward(*arrays, **opts)[0])
-        fns["fwd out="] = lambda: k.forward(*arrays, out=buf, **opts)
+        fns[OUT_PASS] = lambda: k.forward(*arrays, out=buf, **opts)
     if "fwd+bwd" in spec.passes:
         out, _ = k.forward(*arrays, **opts)
         dout = random_like(out, rng)

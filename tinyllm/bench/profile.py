@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from ..stopwatch import OpProfile, reset_peak_rss, rss_mb  # noqa: F401
+from ..stopwatch import OpProfile
 
 PHASES = ("forward", "backward", "clip", "optimiser", "zero_grad")
 
@@ -129,6 +129,14 @@ def _tinyllm_category(name: str) -> str:
     return "other elementwise + shape ops"
 
 
+def _gemm_by_node(res: dict) -> dict:
+    """{(phase, node): ms of matrix-product tiles inside that node} of a tinyllm result."""
+    gemm = {}
+    for r in res["nested"]:
+        gemm[r["phase"], r["node"]] = gemm.get((r["phase"], r["node"]), 0.0) + r["ms"]
+    return gemm
+
+
 def categorise(res: dict) -> dict:
     """{category: ms per step} for one engine's result; the categories add up to the
     profiled step. tinyllm: a node's matrix-product tiles (nested) count as matrix products,
@@ -137,9 +145,7 @@ def categorise(res: dict) -> dict:
     cat = dict.fromkeys(CATEGORIES, 0.0)
     step = res["profiled_step_ms"]
     if res["engine"] == "tinyllm":
-        gemm = {}
-        for r in res["nested"]:
-            gemm[r["phase"], r["node"]] = gemm.get((r["phase"], r["node"]), 0.0) + r["ms"]
+        gemm = _gemm_by_node(res)
         inside = dict.fromkeys(res["phases"], 0.0)
         for r in res["ops"]:
             g = gemm.get((r["phase"], r["name"]), 0.0)
@@ -222,9 +228,7 @@ def table(entries: list, top: int = 14) -> str:
         lines.append("")
         lines.append("| phase | node | ms | of which gemm | calls | fresh MB |")
         lines.append("|---|---|---|---|---|---|")
-        gemm = {}
-        for r in ours["nested"]:
-            gemm[r["phase"], r["node"]] = gemm.get((r["phase"], r["node"]), 0.0) + r["ms"]
+        gemm = _gemm_by_node(ours)
         for r in sorted(ours["ops"], key=lambda r: -r["ms"])[:top]:
             g = gemm.get((r["phase"], r["name"]), 0.0)
             lines.append(f"| {r['phase']} | {r['name']} | {r['ms']:.2f} | {g:.2f} | "

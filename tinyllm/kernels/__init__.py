@@ -237,12 +237,7 @@ def split_heads(qkv, B: int, T: int, H: int, hs: int):
     if type(qkv) is np.ndarray and default_impl() == "numba":
         from ._heads import split_heads as _split
         return _split(qkv, B, T, H, hs)
-    out = np.empty((3, B, H, T, hs), qkv.dtype) if type(qkv) is np.ndarray else None
-    view = qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4)
-    if out is None:
-        return view.copy()
-    out[...] = view
-    return out
+    return qkv.reshape(B, T, 3, H, hs).transpose(2, 0, 3, 1, 4).copy()   # C-ordered
 
 
 def merge_heads(dq, dk, dv, B: int, T: int, H: int, hs: int, dtype):

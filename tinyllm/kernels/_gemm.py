@@ -257,19 +257,25 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     nt = num_threads() if macs >= (PARALLEL_MACS_CHEAP if cheap else SERIAL_MACS) else 1
     nt = max(1, min(nt, M if M >= N else N))
     dims = _dims(a, b, out, opa, opb)
-    run = _gemm_par if nt > 1 else _gemm_serial
     has_bias = bias is not None
-    prof = active_profile()                      # tinyllm bench --profile: None otherwise
+    _run(_gemm_par if nt > 1 else _gemm_serial, blas, dt, dims, _OPS[opb[0] + opa[0]],
+         _AB[dt, bool(accumulate)], np.empty((nt, 8), np.int32), out,
+         bias if has_bias else out[0, :0], has_bias)
+    return out
+
+
+def _run(kernel, blas: dict, dt, *args) -> None:
+    """``kernel(address of the dtype's ?gemm, *args)`` with SciPy's BLAS on one thread
+    meanwhile, timed as "gemm tiles" when a profile is recording (``bench --profile``)."""
+    prof = active_profile()
     t0 = time.perf_counter() if prof is not None else 0.0
     changed = _one_thread(blas)
     try:
-        run(blas[dt.name], dims, _OPS[opb[0] + opa[0]], _AB[dt, bool(accumulate)],
-            np.empty((nt, 8), np.int32), out, bias if has_bias else out[0, :0], has_bias)
+        kernel(blas[dt.name], *args)
     finally:
         _restore(changed)
     if prof is not None:
         prof.add_nested("gemm tiles", time.perf_counter() - t0)
-    return out
 
 
 def _dims(a, b, out, opa, opb) -> np.ndarray:
@@ -289,56 +295,37 @@ def gemm_batch(products) -> list:
     which is what a tile split costs; a (2048, 128) @ (128, 128) pair ran 157-171 GFLOP/s
     this way against 66-119 as two tiled products); the rest are cut into one tile per
     thread. Products ``gemm`` would give to NumPy are done by NumPy first."""
-    outs, todo = [None] * len(products), []
     nt = num_threads()
-    for i, (a, b) in enumerate(products):
-        M, K = a.shape
-        N = b.shape[1]
-        dt = a.dtype
-        if (M * N * K < NUMPY_MACS or M < MIN_ROWS or _NUMPY_ONLY or nt < 2
-                or dt != b.dtype or dt.name not in ("float32", "float64")):
-            outs[i] = gemm(a, b)
-            continue
-        opa, opb = _operand(a), _operand(b)
-        if _blas() is None or opa is None or opb is None:
-            outs[i] = gemm(a, b)
-            continue
-        outs[i] = np.empty((M, N), dt)
-        todo.append((i, _dims(a, b, outs[i], opa, opb), _OPS[opb[0] + opa[0]], dt))
-    if len({dt for *_, dt in todo}) > 1:                # one BLAS routine per region
-        for i, _, _, dt in todo[1:]:
-            if dt != todo[0][3]:
-                outs[i] = gemm(*products[i])
-        todo = [t for t in todo if t[3] == todo[0][3]]
-    if len(todo) == 1:
-        i = todo[0][0]
-        return outs[:i] + [gemm(*products[i])] + outs[i + 1:]
-    if not todo:
-        return outs
-    whole = len(todo) - len(todo) % nt
+    batch = [i for i, (a, b) in enumerate(products) if _batchable(a, b, nt)]
+    batch = [i for i in batch if products[i][0].dtype == products[batch[0]][0].dtype]
+    if len(batch) < 2:                                  # nothing to share a region with
+        return [gemm(a, b) for a, b in products]
+    outs = [None if i in batch else gemm(a, b) for i, (a, b) in enumerate(products)]
+    whole = len(batch) - len(batch) % nt                # the first ones whole, one per thread
     runs = [[] for _ in range(nt)]
-    for k, (_, d, op, _) in enumerate(todo):
-        if k < whole:
-            runs[k % nt].append((np.concatenate([d, [0, 1]]), op))
-        else:
-            for j in range(nt):
-                runs[j].append((np.concatenate([d, [j, nt]]), op))
-    tasks = [t for run in runs for t in run]
-    rows = np.stack([t[0] for t in tasks])
-    ops = np.stack([t[1] for t in tasks])
-    dt = todo[0][3]
-    blas = _blas()
-    prof = active_profile()
-    t0 = time.perf_counter() if prof is not None else 0.0
-    changed = _one_thread(blas)
-    try:
-        _gemm_batch(blas[dt.name], rows, ops, _AB[dt, False],
-                    np.empty((len(tasks), 8), np.int32), nt)
-    finally:
-        _restore(changed)
-    if prof is not None:
-        prof.add_nested("gemm tiles", time.perf_counter() - t0)
+    for k, i in enumerate(batch):
+        a, b = products[i]
+        outs[i] = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        opa, opb = _operand(a), _operand(b)
+        d, op = _dims(a, b, outs[i], opa, opb), _OPS[opb[0] + opa[0]]
+        for j in ([k % nt] if k < whole else range(nt)):
+            runs[j].append((np.concatenate([d, [0, 1] if k < whole else [j, nt]]), op))
+    tasks = [t for run in runs for t in run]            # thread by thread, equal runs
+    dt = products[batch[0]][0].dtype
+    _run(_gemm_batch, _blas(), dt, np.stack([t[0] for t in tasks]),
+         np.stack([t[1] for t in tasks]), _AB[dt, False], np.empty((len(tasks), 8), np.int32),
+         nt)
     return outs
+
+
+def _batchable(a, b, nt: int) -> bool:
+    """Whether a @ b goes to the tiles at all (what ``gemm`` would not give to NumPy)."""
+    M, K = a.shape
+    N = b.shape[1]
+    dt = a.dtype
+    return (nt >= 2 and not _NUMPY_ONLY and M * N * K >= NUMPY_MACS and M >= MIN_ROWS
+            and dt == b.dtype and dt.name in ("float32", "float64") and _blas() is not None
+            and _operand(a) is not None and _operand(b) is not None)
 
 
 __all__ = ["gemm", "gemm_batch", "NUMPY_MACS", "PARALLEL_MACS_CHEAP", "SERIAL_MACS", "MIN_ROWS"]
