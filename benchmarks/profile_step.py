@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     models = specs.model_specs(args.quick)
     if args.quick:
         models = models[:1]
-    warm, steps = (2, 3) if args.quick else (8, 10)
+    warm, steps = profile.STEPS[args.quick]
     torch = machine.torch_installed()
     runs = {}
     for label, env in (("before", {"TINYLLM_MATMUL": "numpy",

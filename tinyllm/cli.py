@@ -806,10 +806,10 @@ def _bench_profile(args) -> int:
     except BenchUsageError as e:
         raise UsageError(str(e)) from None
     threads = args.threads or min(machine.cores(), machine.max_threads())
-    steps = (2, 3) if args.quick else (8, 10)
+    warm, steps = profile.STEPS[bool(args.quick)]
     entries = profile.run(specs.model_specs(args.quick), threads=threads,
                           torch=not args.no_torch and machine.torch_installed(),
-                          warm_steps=steps[0], steps=steps[1],
+                          warm_steps=warm, steps=steps,
                           log=lambda m: print(m, file=sys.stderr))
     print(profile.table(entries))
     if args.json is not None:

@@ -33,6 +33,8 @@ import numpy as np
 from ..stopwatch import OpProfile
 
 PHASES = ("forward", "backward", "clip", "optimiser", "zero_grad")
+# (warm-up steps, timed steps and as many profiled ones): full and --quick
+STEPS = {False: (8, 10), True: (2, 3)}
 
 
 def child(spec: dict) -> dict:
